@@ -1,0 +1,20 @@
+//! Wire types shared by every kvroute component.
+//!
+//! This crate is pure (no I/O, no clocks, no randomness) and builds for `wasm32-wasip1`, so the
+//! Envoy filter uses exactly the code the native services use. It owns:
+//!
+//! - [`hashing`]: Dynamo-compatible block hashing (local block hash, chained sequence hash,
+//!   LoRA / cache-salt seeds);
+//! - [`worker`]: the identity of a worker, `(worker_id, dp_rank)`;
+//! - [`events`]: KV cache events in Dynamo's JSON form and the decoder/encoder for the
+//!   vLLM/SGLang ZMQ msgpack wire form.
+//!
+//! It does not own any index, scheduling or transport: those live in `kvroute-kv-router`.
+#![forbid(unsafe_code)]
+
+pub mod events;
+pub mod hashing;
+pub mod worker;
+
+pub use hashing::{block_hashes, sequence_hashes, HashSeed, LocalBlockHash, SequenceHash};
+pub use worker::Worker;
