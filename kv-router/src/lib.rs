@@ -1,1 +1,3 @@
-//! placeholder
+#![forbid(unsafe_code)]
+pub mod index;
+pub use index::{IndexError, KvIndex, Overlap};

@@ -9,7 +9,7 @@
 //! different adapters never match.
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// The seed Dynamo uses for block hashes.
 pub const DEFAULT_SEED: u64 = 1337;
@@ -36,14 +36,16 @@ impl Default for HashSeed {
 }
 
 impl HashSeed {
-    /// Seed for a request: `1337 + xxh3(lora_name) + xxh3(cache_salt)` (wrapping), each term only
-    /// when present and non-empty.
+    /// Seed for a request, as Dynamo 1.6.1 computes it (`dynamo-kv-hashing`'s salt):
+    /// `1337 + xxh3(lora_name, seed 0) + xxh3(cache_salt, seed 1)` (wrapping), each term only when
+    /// present and non-empty.
     pub fn for_request(lora_name: Option<&str>, cache_salt: Option<&str>) -> Self {
         let mut seed = DEFAULT_SEED;
-        for extra in [lora_name, cache_salt].into_iter().flatten() {
-            if !extra.is_empty() {
-                seed = seed.wrapping_add(xxh3_64(extra.as_bytes()));
-            }
+        if let Some(name) = lora_name.filter(|n| !n.is_empty()) {
+            seed = seed.wrapping_add(xxh3_64_with_seed(name.as_bytes(), 0));
+        }
+        if let Some(salt) = cache_salt.filter(|s| !s.is_empty()) {
+            seed = seed.wrapping_add(xxh3_64_with_seed(salt.as_bytes(), 1));
         }
         HashSeed(seed)
     }
@@ -137,6 +139,13 @@ mod tests {
             assert_ne!(base[i], salted[i]);
         }
         assert_eq!(HashSeed::for_request(Some(""), None), HashSeed::default());
+        // Dynamo's formula: the salt term uses seed 1, so a name means something else as a salt.
+        assert_ne!(HashSeed::for_request(Some("x"), None), HashSeed::for_request(None, Some("x")));
+        let both = HashSeed::for_request(Some("a"), Some("b")).0;
+        let expected = DEFAULT_SEED
+            .wrapping_add(xxh3_64_with_seed(b"a", 0))
+            .wrapping_add(xxh3_64_with_seed(b"b", 1));
+        assert_eq!(both, expected);
     }
 
     #[test]

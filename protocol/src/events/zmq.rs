@@ -12,7 +12,7 @@
 
 use rmpv::Value;
 use thiserror::Error;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::{EngineBlockHash, KvCacheEventData, KvCacheRemoveData, KvCacheStoreData, StoredBlock};
 use crate::hashing::{block_hashes, HashSeed};
@@ -220,7 +220,7 @@ impl EngineEvent {
                     return Err(ConvertError::TokenCount { hashes: hashes.len(), tokens: token_ids.len(), block_size: engine });
                 }
                 let seed = match lora_name.as_deref() {
-                    Some(name) if !name.is_empty() => HashSeed(seed.0.wrapping_add(xxh3_64(name.as_bytes()))),
+                    Some(name) if !name.is_empty() => HashSeed(seed.0.wrapping_add(xxh3_64_with_seed(name.as_bytes(), 0))),
                     _ => seed,
                 };
                 let locals = block_hashes(token_ids, engine, seed);

@@ -1,0 +1,314 @@
+//! Index behaviour, one rule per test, plus property tests against the reference index.
+
+use super::reference::ReferenceIndex;
+use super::*;
+use kvroute_protocol::events::{KvCacheRemoveData, KvCacheStoreData};
+use proptest::prelude::*;
+
+const A: Worker = Worker::new(1, 0);
+const B: Worker = Worker::new(2, 0);
+
+fn stored(worker: Worker, parent: Option<u64>, blocks: &[(u64, u64)]) -> RouterEvent {
+    RouterEvent::new(
+        worker,
+        0,
+        KvCacheEventData::Stored(KvCacheStoreData {
+            parent_hash: parent.map(EngineBlockHash),
+            blocks: blocks
+                .iter()
+                .map(|&(name, local)| StoredBlock { block_hash: EngineBlockHash(name), tokens_hash: LocalBlockHash(local) })
+                .collect(),
+        }),
+    )
+}
+
+fn removed(worker: Worker, names: &[u64]) -> RouterEvent {
+    RouterEvent::new(
+        worker,
+        0,
+        KvCacheEventData::Removed(KvCacheRemoveData { block_hashes: names.iter().map(|&n| EngineBlockHash(n)).collect() }),
+    )
+}
+
+fn q(locals: &[u64]) -> Vec<LocalBlockHash> {
+    locals.iter().map(|&l| LocalBlockHash(l)).collect()
+}
+
+fn sorted(mut v: Vec<Overlap>) -> Vec<Overlap> {
+    v.sort_by_key(|o| o.worker);
+    v
+}
+
+fn overlap(index: &KvIndex, query: &[u64], worker: Worker) -> u32 {
+    index.find_matches(&q(query)).iter().find(|o| o.worker == worker).map_or(0, |o| o.blocks)
+}
+
+#[test]
+fn stored_chain_matches_its_prefix_only() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2), (12, 3)])).unwrap();
+    assert_eq!(overlap(&index, &[1, 2, 3, 4], A), 3);
+    assert_eq!(overlap(&index, &[1, 2, 9], A), 2);
+    assert_eq!(overlap(&index, &[2, 3], A), 0, "blocks match by position in the chain, not by content alone");
+    assert!(index.find_matches(&[]).is_empty());
+}
+
+#[test]
+fn events_chain_by_parent_name() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1)])).unwrap();
+    index.apply_event(&stored(A, Some(10), &[(11, 2)])).unwrap();
+    assert_eq!(overlap(&index, &[1, 2], A), 2);
+}
+
+#[test]
+fn removed_middle_block_cuts_the_overlap() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2), (12, 3)])).unwrap();
+    index.apply_event(&removed(A, &[11])).unwrap();
+    assert_eq!(overlap(&index, &[1, 2, 3], A), 1);
+    assert_eq!(index.cached_blocks(A), 2);
+    // The orphaned block still chains: a later event can extend it.
+    index.apply_event(&stored(A, Some(12), &[(13, 4)])).unwrap();
+    assert_eq!(index.cached_blocks(A), 3);
+}
+
+#[test]
+fn removed_block_no_longer_matches_and_is_freed() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2)])).unwrap();
+    index.apply_event(&removed(A, &[11, 10])).unwrap();
+    assert!(index.find_matches(&q(&[1, 2])).is_empty());
+    assert_eq!(index.distinct_blocks(), 0);
+}
+
+#[test]
+fn shared_prefix_is_stored_once_and_matched_per_worker() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2), (12, 3)])).unwrap();
+    index.apply_event(&stored(B, None, &[(90, 1), (91, 2), (92, 7)])).unwrap();
+    assert_eq!(index.distinct_blocks(), 4);
+    let m = sorted(index.find_matches(&q(&[1, 2, 3])));
+    assert_eq!(m, vec![Overlap { worker: A, blocks: 3 }, Overlap { worker: B, blocks: 2 }]);
+}
+
+#[test]
+fn engine_hashes_are_opaque_per_worker() {
+    // Both workers name different content with the same engine hashes.
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2)])).unwrap();
+    index.apply_event(&stored(B, None, &[(10, 5), (11, 6)])).unwrap();
+    index.apply_event(&removed(B, &[11])).unwrap();
+    assert_eq!(overlap(&index, &[1, 2], A), 2);
+    assert_eq!(overlap(&index, &[5, 6], B), 1);
+}
+
+#[test]
+fn unknown_parent_is_counted_and_not_applied() {
+    let mut index = KvIndex::new();
+    let err = index.apply_event(&stored(A, Some(99), &[(10, 1)])).unwrap_err();
+    assert_eq!(err, IndexError::UnknownParent { worker: A, parent: 99 });
+    assert_eq!(index.cached_blocks(A), 0);
+    assert_eq!(index.stats(A).unwrap().unknown_parent, 1);
+}
+
+#[test]
+fn unknown_removed_block_is_counted_and_the_rest_applies() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2)])).unwrap();
+    let err = index.apply_event(&removed(A, &[77, 11])).unwrap_err();
+    assert_eq!(err, IndexError::UnknownBlocks { worker: A, count: 1 });
+    assert_eq!(overlap(&index, &[1, 2], A), 1);
+    assert_eq!(index.stats(A).unwrap().unknown_block, 1);
+}
+
+#[test]
+fn cleared_worker_holds_nothing_but_stays_registered() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2)])).unwrap();
+    index.apply_event(&stored(B, None, &[(10, 1)])).unwrap();
+    index.apply_event(&RouterEvent::new(A, 0, KvCacheEventData::Cleared)).unwrap();
+    assert_eq!(sorted(index.find_matches(&q(&[1, 2]))), vec![Overlap { worker: B, blocks: 1 }]);
+    assert!(index.workers().any(|w| w == A));
+    assert_eq!(index.distinct_blocks(), 1);
+}
+
+#[test]
+fn remove_worker_drops_every_dp_rank() {
+    let mut index = KvIndex::new();
+    let a1 = Worker::new(1, 1);
+    index.apply_event(&stored(A, None, &[(10, 1)])).unwrap();
+    index.apply_event(&stored(a1, None, &[(10, 1)])).unwrap();
+    index.apply_event(&stored(B, None, &[(10, 1)])).unwrap();
+    index.remove_worker(1);
+    assert_eq!(sorted(index.find_matches(&q(&[1]))), vec![Overlap { worker: B, blocks: 1 }]);
+    assert_eq!(index.workers().count(), 1);
+}
+
+#[test]
+fn dp_ranks_are_separate_workers() {
+    let mut index = KvIndex::new();
+    let a1 = Worker::new(1, 1);
+    index.apply_event(&stored(a1, None, &[(10, 1), (11, 2)])).unwrap();
+    assert_eq!(overlap(&index, &[1, 2], a1), 2);
+    assert_eq!(overlap(&index, &[1, 2], A), 0);
+}
+
+#[test]
+fn sequences_longer_than_a_run_match_fully() {
+    let mut index = KvIndex::new();
+    let locals: Vec<u64> = (1..=1000).collect();
+    // Stored one block per event, the shape vLLM produces during decode.
+    index.apply_event(&stored(A, None, &[(1_000_000, locals[0])])).unwrap();
+    for i in 1..locals.len() {
+        index.apply_event(&stored(A, Some(1_000_000 + i as u64 - 1), &[(1_000_000 + i as u64, locals[i])])).unwrap();
+    }
+    assert_eq!(overlap(&index, &locals, A), 1000);
+    assert_eq!(overlap(&index, &locals[..700], A), 700);
+    let mut diverging = locals.clone();
+    diverging[600] = 0;
+    assert_eq!(overlap(&index, &diverging, A), 600);
+}
+
+#[test]
+fn duplicate_store_is_idempotent() {
+    let mut index = KvIndex::new();
+    for _ in 0..3 {
+        index.apply_event(&stored(A, None, &[(10, 1), (11, 2)])).unwrap();
+    }
+    assert_eq!(index.cached_blocks(A), 2);
+    index.apply_event(&removed(A, &[11])).unwrap();
+    assert_eq!(overlap(&index, &[1, 2], A), 1);
+}
+
+#[test]
+fn dump_rebuilds_an_identical_index() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2), (12, 3)])).unwrap();
+    index.apply_event(&stored(B, None, &[(20, 1), (21, 5)])).unwrap();
+    index.apply_event(&removed(A, &[11])).unwrap(); // leaves A holding 3 without 2
+    let mut rebuilt = KvIndex::new();
+    for ev in index.dump_events() {
+        rebuilt.apply_event(&ev).unwrap();
+    }
+    for query in [&[1u64, 2, 3][..], &[1, 5], &[1]] {
+        assert_eq!(sorted(rebuilt.find_matches(&q(query))), sorted(index.find_matches(&q(query))));
+    }
+    assert_eq!(rebuilt.cached_blocks(A), 2);
+    assert_eq!(rebuilt.cached_blocks(B), 2);
+    // A still holds the orphaned block under its own name: extending it works after the rebuild.
+    rebuilt.apply_event(&stored(A, Some(12), &[(13, 4)])).unwrap();
+}
+
+// ---------------------------------------------------------------- properties
+
+#[derive(Clone, Debug)]
+enum Op {
+    Store { worker: usize, parent: Option<u64>, blocks: Vec<(u64, u64)> },
+    StoreLong { worker: usize, first_name: u64, len: usize, branch: u64 },
+    Remove { worker: usize, names: Vec<u64> },
+    Clear { worker: usize },
+    RemoveWorker { worker_id: u64 },
+}
+
+const WORKERS: [Worker; 4] = [Worker::new(1, 0), Worker::new(1, 1), Worker::new(2, 0), Worker::new(3, 0)];
+
+fn op() -> impl Strategy<Value = Op> {
+    let name = 0u64..24;
+    let local = 0u64..3;
+    prop_oneof![
+        6 => (0..4usize, prop::option::weighted(0.7, name.clone()), prop::collection::vec((name.clone(), local), 1..6))
+            .prop_map(|(worker, parent, blocks)| Op::Store { worker, parent, blocks }),
+        1 => (0..4usize, 0u64..2, 200usize..600, 0u64..3)
+            .prop_map(|(worker, k, len, branch)| Op::StoreLong { worker, first_name: 1000 + k * 1000, len, branch }),
+        3 => (0..4usize, prop::collection::vec(prop_oneof![name, 1000u64..1700], 1..5)).prop_map(|(worker, names)| Op::Remove { worker, names }),
+        1 => (0..4usize).prop_map(|worker| Op::Clear { worker }),
+        1 => (1u64..4).prop_map(|worker_id| Op::RemoveWorker { worker_id }),
+    ]
+}
+
+fn events_of(op: &Op) -> Vec<RouterEvent> {
+    match op {
+        Op::Store { worker, parent, blocks } => vec![stored(WORKERS[*worker], *parent, blocks)],
+        Op::StoreLong { worker, first_name, len, branch } => {
+            // A long chain, stored in events of up to 100 blocks, branching from a shared path.
+            let blocks: Vec<(u64, u64)> = (0..*len as u64)
+                .map(|i| (first_name + i, if i == 300 { 50 + branch } else { 10 + i % 7 }))
+                .collect();
+            let mut out = Vec::new();
+            let mut parent = None;
+            for chunk in blocks.chunks(100) {
+                out.push(stored(WORKERS[*worker], parent, chunk));
+                parent = Some(chunk.last().unwrap().0);
+            }
+            out
+        }
+        Op::Remove { worker, names } => vec![removed(WORKERS[*worker], names)],
+        Op::Clear { worker } => vec![RouterEvent::new(WORKERS[*worker], 0, KvCacheEventData::Cleared)],
+        Op::RemoveWorker { .. } => vec![],
+    }
+}
+
+fn queries() -> impl Strategy<Value = Vec<Vec<u64>>> {
+    prop::collection::vec(prop::collection::vec(0u64..3, 0..8), 1..12)
+}
+
+fn long_queries() -> Vec<Vec<u64>> {
+    (0..3u64)
+        .map(|branch| (0..600u64).map(|i| if i == 300 { 50 + branch } else { 10 + i % 7 }).collect())
+        .collect()
+}
+
+fn check_same(index: &KvIndex, reference: &ReferenceIndex, queries: &[Vec<u64>]) -> Result<(), TestCaseError> {
+    for query in queries.iter().chain(long_queries().iter()) {
+        prop_assert_eq!(sorted(index.find_matches(&q(query))), reference.find_matches(&q(query)), "query {:?}", query);
+    }
+    for w in WORKERS {
+        prop_assert_eq!(index.cached_blocks(w), reference.cached_blocks(w), "worker {}", w);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn index_answers_like_the_reference(ops in prop::collection::vec(op(), 1..40), queries in queries()) {
+        let mut index = KvIndex::new();
+        let mut reference = ReferenceIndex::new();
+        for op in &ops {
+            if let Op::RemoveWorker { worker_id } = op {
+                index.remove_worker(*worker_id);
+                reference.remove_worker(*worker_id);
+            }
+            for ev in events_of(op) {
+                let got = index.apply_event(&ev);
+                let want = reference.apply_event(&ev);
+                prop_assert_eq!(got, want, "event {:?}", ev);
+            }
+        }
+        check_same(&index, &reference, &queries)?;
+    }
+
+    #[test]
+    fn dump_replayed_into_an_empty_index_answers_the_same(ops in prop::collection::vec(op(), 1..40), queries in queries()) {
+        let mut index = KvIndex::new();
+        let mut reference = ReferenceIndex::new();
+        for op in &ops {
+            if let Op::RemoveWorker { worker_id } = op {
+                index.remove_worker(*worker_id);
+                reference.remove_worker(*worker_id);
+            }
+            for ev in events_of(op) {
+                let _ = index.apply_event(&ev);
+                let _ = reference.apply_event(&ev);
+            }
+        }
+        let mut rebuilt = KvIndex::new();
+        for ev in index.dump_events() {
+            prop_assert_eq!(rebuilt.apply_event(&ev), Ok(()), "dump event {:?}", ev);
+        }
+        check_same(&rebuilt, &reference, &queries)?;
+        prop_assert_eq!(rebuilt.distinct_blocks(), index.distinct_blocks());
+    }
+}
