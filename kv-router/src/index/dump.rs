@@ -117,7 +117,7 @@ fn synthetic_name(names: &WorkerNames<'_>, first: Slot, i: usize) -> EngineBlock
         bytes[..4].copy_from_slice(&first.to_le_bytes());
         bytes[4..12].copy_from_slice(&(i as u64).to_le_bytes());
         bytes[12..].copy_from_slice(&salt.to_le_bytes());
-        let h = EngineBlockHash(xxh3_64_with_seed(&bytes, 0x6b76_726f_7574_65));
+        let h = EngineBlockHash(xxh3_64_with_seed(&bytes, 0x006b_7672_6f75_7465));
         if !names.names.contains_key(&EngineKey::new(h)) {
             return h;
         }

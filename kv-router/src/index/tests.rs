@@ -160,8 +160,9 @@ fn sequences_longer_than_a_run_match_fully() {
     let locals: Vec<u64> = (1..=1000).collect();
     // Stored one block per event, the shape vLLM produces during decode.
     index.apply_event(&stored(A, None, &[(1_000_000, locals[0])])).unwrap();
-    for i in 1..locals.len() {
-        index.apply_event(&stored(A, Some(1_000_000 + i as u64 - 1), &[(1_000_000 + i as u64, locals[i])])).unwrap();
+    for (i, &local) in locals.iter().enumerate().skip(1) {
+        let name = 1_000_000 + i as u64;
+        index.apply_event(&stored(A, Some(name - 1), &[(name, local)])).unwrap();
     }
     assert_eq!(overlap(&index, &locals, A), 1000);
     assert_eq!(overlap(&index, &locals[..700], A), 700);

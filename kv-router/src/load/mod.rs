@@ -1,0 +1,236 @@
+//! Active sequences: the load each worker carries from requests routed to it and not yet freed.
+//!
+//! Per worker (and dp rank): the prefill tokens still to compute (released by
+//! `mark_prefill_complete`) and the KV blocks its in-flight requests occupy, reference-counted
+//! by sequence hash so a prefix shared by several requests counts once (Dynamo's
+//! `ActiveSequences`). These blocks are predictions of what the worker will hold; they never
+//! enter the index, which only reflects the engine's own events.
+
+use kvroute_protocol::{SequenceHash, Worker};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use thiserror::Error;
+
+/// Why a lifecycle call was refused; the state is unchanged.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LoadError {
+    #[error("request id {0:?} is already being tracked")]
+    DuplicateRequest(String),
+    #[error("unknown request id {0:?}")]
+    UnknownRequest(String),
+}
+
+/// What one worker is busy with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WorkerLoad {
+    /// Prompt tokens of tracked requests still in prefill (uncached part only).
+    pub active_prefill_tokens: u64,
+    /// Distinct KV blocks (by sequence hash) of tracked requests.
+    pub active_blocks: u64,
+    /// Tracked requests.
+    pub active_requests: u64,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    prefill_tokens: u64,
+    blocks: FxHashMap<SequenceHash, u32>,
+    requests: u64,
+}
+
+/// A tracked request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveRequest {
+    pub worker: Worker,
+    /// Prefill tokens still counted against the worker (0 once prefill completed).
+    pub prefill_tokens: u64,
+    pub blocks: Vec<SequenceHash>,
+}
+
+/// In-flight requests and the load they put on each worker.
+#[derive(Default)]
+pub struct ActiveSequences {
+    workers: FxHashMap<Worker, WorkerState>,
+    requests: FxHashMap<String, ActiveRequest>,
+}
+
+impl ActiveSequences {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Track a request routed to `worker`: `prefill_tokens` to compute and the blocks it occupies.
+    pub fn add_request(
+        &mut self,
+        request_id: &str,
+        worker: Worker,
+        prefill_tokens: u64,
+        blocks: &[SequenceHash],
+    ) -> Result<(), LoadError> {
+        if self.requests.contains_key(request_id) {
+            return Err(LoadError::DuplicateRequest(request_id.to_owned()));
+        }
+        let state = self.workers.entry(worker).or_default();
+        state.prefill_tokens += prefill_tokens;
+        state.requests += 1;
+        for &b in blocks {
+            *state.blocks.entry(b).or_insert(0) += 1;
+        }
+        self.requests
+            .insert(request_id.to_owned(), ActiveRequest { worker, prefill_tokens, blocks: blocks.to_vec() });
+        Ok(())
+    }
+
+    /// The request's prefill is done: its prompt tokens stop counting as prefill load.
+    pub fn mark_prefill_complete(&mut self, request_id: &str) -> Result<(), LoadError> {
+        let request = self.requests.get_mut(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
+        let state = self.workers.entry(request.worker).or_default();
+        state.prefill_tokens -= request.prefill_tokens;
+        request.prefill_tokens = 0;
+        Ok(())
+    }
+
+    /// The request finished (or failed, or its client left): release everything it held.
+    pub fn free(&mut self, request_id: &str) -> Result<ActiveRequest, LoadError> {
+        let request = self.requests.remove(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
+        if let Some(state) = self.workers.get_mut(&request.worker) {
+            release(state, &request);
+        }
+        Ok(request)
+    }
+
+    /// Forget every request on every dp rank of `worker_id` (the worker left).
+    pub fn remove_worker(&mut self, worker_id: u64) {
+        self.workers.retain(|w, _| w.worker_id != worker_id);
+        self.requests.retain(|_, r| r.worker.worker_id != worker_id);
+    }
+
+    pub fn load(&self, worker: Worker) -> WorkerLoad {
+        self.workers.get(&worker).map_or_else(WorkerLoad::default, |s| WorkerLoad {
+            active_prefill_tokens: s.prefill_tokens,
+            active_blocks: s.blocks.len() as u64,
+            active_requests: s.requests,
+        })
+    }
+
+    /// How many of `blocks` (a request's sequence hashes) are not already active on `worker`:
+    /// the leading run that is active is shared with an in-flight request and costs nothing.
+    pub fn new_blocks(&self, worker: Worker, blocks: &[SequenceHash]) -> usize {
+        let Some(state) = self.workers.get(&worker) else { return blocks.len() };
+        let shared = blocks.iter().take_while(|b| state.blocks.contains_key(b)).count();
+        blocks.len() - shared
+    }
+
+    pub fn request(&self, request_id: &str) -> Option<&ActiveRequest> {
+        self.requests.get(request_id)
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.len()
+    }
+}
+
+fn release(state: &mut WorkerState, request: &ActiveRequest) {
+    state.prefill_tokens -= request.prefill_tokens;
+    state.requests -= 1;
+    for b in &request.blocks {
+        if let Some(n) = state.blocks.get_mut(b) {
+            *n -= 1;
+            if *n == 0 {
+                state.blocks.remove(b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const W: Worker = Worker::new(1, 0);
+
+    fn hashes(v: &[u64]) -> Vec<SequenceHash> {
+        v.iter().map(|&h| SequenceHash(h)).collect()
+    }
+
+    #[test]
+    fn add_counts_prefill_and_blocks_until_freed() {
+        let mut a = ActiveSequences::new();
+        a.add_request("r1", W, 100, &hashes(&[1, 2, 3])).unwrap();
+        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 100, active_blocks: 3, active_requests: 1 });
+        a.mark_prefill_complete("r1").unwrap();
+        assert_eq!(a.load(W).active_prefill_tokens, 0);
+        assert_eq!(a.load(W).active_blocks, 3);
+        a.free("r1").unwrap();
+        assert_eq!(a.load(W), WorkerLoad::default());
+    }
+
+    #[test]
+    fn shared_prefix_blocks_count_once_and_survive_the_first_free() {
+        let mut a = ActiveSequences::new();
+        a.add_request("r1", W, 10, &hashes(&[1, 2, 3])).unwrap();
+        a.add_request("r2", W, 10, &hashes(&[1, 2, 9])).unwrap();
+        assert_eq!(a.load(W).active_blocks, 4);
+        a.free("r1").unwrap();
+        assert_eq!(a.load(W).active_blocks, 3);
+        assert_eq!(a.new_blocks(W, &hashes(&[1, 2, 3])), 1);
+    }
+
+    #[test]
+    fn new_blocks_counts_only_past_the_active_prefix() {
+        let mut a = ActiveSequences::new();
+        a.add_request("r1", W, 0, &hashes(&[1, 2])).unwrap();
+        assert_eq!(a.new_blocks(W, &hashes(&[1, 2, 3, 4])), 2);
+        assert_eq!(a.new_blocks(W, &hashes(&[7, 1, 2])), 3);
+        assert_eq!(a.new_blocks(Worker::new(9, 0), &hashes(&[1])), 1);
+    }
+
+    #[test]
+    fn bad_lifecycle_calls_are_refused_without_change() {
+        let mut a = ActiveSequences::new();
+        a.add_request("r1", W, 5, &hashes(&[1])).unwrap();
+        assert_eq!(a.add_request("r1", W, 7, &hashes(&[2])), Err(LoadError::DuplicateRequest("r1".into())));
+        assert_eq!(a.free("nope"), Err(LoadError::UnknownRequest("nope".into())));
+        assert_eq!(a.mark_prefill_complete("nope"), Err(LoadError::UnknownRequest("nope".into())));
+        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1 });
+        // Completing prefill twice does not subtract twice.
+        a.mark_prefill_complete("r1").unwrap();
+        a.mark_prefill_complete("r1").unwrap();
+        assert_eq!(a.load(W).active_prefill_tokens, 0);
+    }
+
+    #[test]
+    fn removing_a_worker_drops_its_requests() {
+        let mut a = ActiveSequences::new();
+        a.add_request("r1", W, 5, &hashes(&[1])).unwrap();
+        a.add_request("r2", Worker::new(1, 1), 5, &hashes(&[1])).unwrap();
+        a.add_request("r3", Worker::new(2, 0), 5, &hashes(&[1])).unwrap();
+        a.remove_worker(1);
+        assert_eq!(a.request_count(), 1);
+        assert!(a.free("r1").is_err());
+        assert_eq!(a.load(W), WorkerLoad::default());
+    }
+
+    proptest! {
+        #[test]
+        fn free_after_add_leaves_every_load_at_zero(
+            requests in prop::collection::vec((0u64..3, 0u64..500, prop::collection::vec(0u64..6, 0..8), any::<bool>()), 1..30)
+        ) {
+            let mut a = ActiveSequences::new();
+            for (i, (w, prefill, blocks, complete)) in requests.iter().enumerate() {
+                a.add_request(&i.to_string(), Worker::new(*w, 0), *prefill, &hashes(blocks)).unwrap();
+                if *complete {
+                    a.mark_prefill_complete(&i.to_string()).unwrap();
+                }
+            }
+            for i in (0..requests.len()).rev() {
+                a.free(&i.to_string()).unwrap();
+            }
+            for w in 0..3 {
+                prop_assert_eq!(a.load(Worker::new(w, 0)), WorkerLoad::default());
+            }
+            prop_assert_eq!(a.request_count(), 0);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! [`KvRouter`]: the index, the active sequences and selection behind Dynamo's `KvRouter` API
+//! (`best_worker`, `get_potential_loads`, `mark_prefill_complete`, `free`, `dump_events`).
+//!
+//! Pure state, no I/O: the HTTP service and the event sources drive it. Randomness comes from
+//! the RNG it is built with, so a seeded router makes the same choices for the same inputs.
+
+use kvroute_protocol::events::RouterEvent;
+use kvroute_protocol::{block_hashes, sequence_hashes, HashSeed, LocalBlockHash, SequenceHash, Worker};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::index::{IndexError, KvIndex};
+use crate::load::{ActiveSequences, LoadError, WorkerLoad};
+use crate::select::{choose, Candidate, ConfigError, KvRouterConfig, RouterConfigOverride};
+
+/// A request cut into blocks: what every routing call needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockedRequest {
+    /// Prompt length in tokens (including a partial trailing block).
+    pub isl_tokens: u64,
+    /// Local hashes of the full blocks (what the index matches).
+    pub local: Vec<LocalBlockHash>,
+    /// Sequence hashes of the same blocks (what active-load tracking counts).
+    pub sequence: Vec<SequenceHash>,
+}
+
+impl BlockedRequest {
+    pub fn from_tokens(tokens: &[u32], block_size: u32, seed: HashSeed) -> Self {
+        let local = block_hashes(tokens, block_size as usize, seed);
+        let sequence = sequence_hashes(&local);
+        BlockedRequest { isl_tokens: tokens.len() as u64, local, sequence }
+    }
+}
+
+/// A worker the caller wants (`x-worker-instance-id`, optional `x-dp-rank`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForcedWorker {
+    pub worker_id: u64,
+    /// None: the cheapest of the worker's ranks.
+    pub dp_rank: Option<u32>,
+}
+
+/// Options of one routing call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteOptions<'a> {
+    /// Track the request under this id until `free` (None: query only, no state change).
+    pub request_id: Option<&'a str>,
+    pub config_override: Option<&'a RouterConfigOverride>,
+    pub forced: Option<ForcedWorker>,
+}
+
+/// Whether a forced worker was honoured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forced {
+    Honoured,
+    /// Unknown worker or rank: routed normally instead (fail open).
+    Ignored,
+}
+
+/// The routing decision (Dynamo's `best_worker` answer plus the figures pool selection needs).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Routed {
+    pub worker: Worker,
+    pub overlap_blocks: u32,
+    /// Full blocks in the request (the most `overlap_blocks` can be).
+    pub request_blocks: u32,
+    pub potential_prefill_tokens: u64,
+    pub potential_decode_blocks: u64,
+    pub cost: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<Forced>,
+}
+
+/// One worker's figures for a request (`get_potential_loads`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PotentialLoad {
+    pub worker_id: u64,
+    pub dp_rank: u32,
+    pub overlap_blocks: u32,
+    pub potential_prefill_tokens: u64,
+    pub potential_decode_blocks: u64,
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum RouteError {
+    #[error("no worker is available")]
+    NoWorkers,
+    #[error("invalid router_config_override: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// The local KV router's state for one pool.
+pub struct KvRouter<R = SmallRng> {
+    config: KvRouterConfig,
+    index: KvIndex,
+    active: ActiveSequences,
+    /// Selectable workers, sorted (a deterministic candidate order for seeded runs).
+    workers: Vec<Worker>,
+    rng: R,
+}
+
+impl KvRouter<SmallRng> {
+    /// A router whose random choices are determined by `seed`.
+    pub fn with_seed(config: KvRouterConfig, seed: u64) -> Result<Self, ConfigError> {
+        Self::with_rng(config, SmallRng::seed_from_u64(seed))
+    }
+}
+
+impl<R: Rng> KvRouter<R> {
+    pub fn with_rng(config: KvRouterConfig, rng: R) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(KvRouter { config, index: KvIndex::new(), active: ActiveSequences::new(), workers: Vec::new(), rng })
+    }
+
+    pub fn config(&self) -> &KvRouterConfig {
+        &self.config
+    }
+
+    /// Make a worker selectable.
+    pub fn add_worker(&mut self, worker: Worker) {
+        if let Err(i) = self.workers.binary_search(&worker) {
+            self.workers.insert(i, worker);
+            self.index.add_worker(worker);
+        }
+    }
+
+    /// Take every rank of a worker out: not selectable, its cache and load forgotten.
+    pub fn remove_worker(&mut self, worker_id: u64) {
+        self.workers.retain(|w| w.worker_id != worker_id);
+        self.index.remove_worker(worker_id);
+        self.active.remove_worker(worker_id);
+    }
+
+    /// Selectable workers, sorted.
+    pub fn workers(&self) -> &[Worker] {
+        &self.workers
+    }
+
+    pub fn index(&self) -> &KvIndex {
+        &self.index
+    }
+
+    pub fn apply_event(&mut self, event: &RouterEvent) -> Result<(), IndexError> {
+        self.index.apply_event(event)
+    }
+
+    /// Record an event the source could not convert because of a block-size mismatch.
+    pub fn record_block_size_mismatch(&mut self, worker: Worker) {
+        self.index.record_block_size_mismatch(worker);
+    }
+
+    pub fn dump_events(&self) -> Vec<RouterEvent> {
+        self.index.dump_events()
+    }
+
+    pub fn load(&self, worker: Worker) -> WorkerLoad {
+        self.active.load(worker)
+    }
+
+    /// Every selectable worker's figures for `request`.
+    pub fn candidates(&self, request: &BlockedRequest) -> Vec<Candidate> {
+        let overlaps: FxHashMap<Worker, u32> =
+            self.index.find_matches(&request.local).into_iter().map(|o| (o.worker, o.blocks)).collect();
+        self.workers
+            .iter()
+            .map(|&worker| {
+                let load = self.active.load(worker);
+                Candidate {
+                    worker,
+                    overlap_blocks: overlaps.get(&worker).copied().unwrap_or(0),
+                    cached_blocks: self.index.cached_blocks(worker) as u64,
+                    active_prefill_tokens: load.active_prefill_tokens,
+                    potential_decode_blocks: self.active.new_blocks(worker, &request.sequence) as u64 + load.active_blocks,
+                }
+            })
+            .collect()
+    }
+
+    pub fn potential_loads(&self, request: &BlockedRequest) -> Vec<PotentialLoad> {
+        self.candidates(request)
+            .into_iter()
+            .map(|c| PotentialLoad {
+                worker_id: c.worker.worker_id,
+                dp_rank: c.worker.dp_rank,
+                overlap_blocks: c.overlap_blocks,
+                potential_prefill_tokens: c.potential_prefill_tokens(request.isl_tokens, self.config.block_size),
+                potential_decode_blocks: c.potential_decode_blocks,
+            })
+            .collect()
+    }
+
+    /// Choose a worker for `request`. With a `request_id` the request is tracked (its load
+    /// counts until [`free`](Self::free)); without one nothing changes but the RNG.
+    pub fn best_worker(&mut self, request: &BlockedRequest, options: RouteOptions<'_>) -> Result<Routed, RouteError> {
+        let config = self.config.with_override(options.config_override)?;
+        if let Some(id) = options.request_id {
+            if self.active.request(id).is_some() {
+                return Err(LoadError::DuplicateRequest(id.to_owned()).into());
+            }
+        }
+        let all = self.candidates(request);
+        let mut forced = None;
+        let mut pool: Vec<Candidate> = all.clone();
+        if let Some(f) = options.forced {
+            let wanted: Vec<Candidate> = all
+                .iter()
+                .filter(|c| c.worker.worker_id == f.worker_id && f.dp_rank.is_none_or(|r| r == c.worker.dp_rank))
+                .copied()
+                .collect();
+            if wanted.is_empty() {
+                forced = Some(Forced::Ignored);
+            } else {
+                forced = Some(Forced::Honoured);
+                pool = wanted;
+            }
+        }
+        let (i, costs) = choose(&pool, request.isl_tokens, &config, &mut self.rng).ok_or(RouteError::NoWorkers)?;
+        let c = pool[i];
+        let routed = Routed {
+            worker: c.worker,
+            overlap_blocks: c.overlap_blocks,
+            request_blocks: request.local.len() as u32,
+            potential_prefill_tokens: c.potential_prefill_tokens(request.isl_tokens, config.block_size),
+            potential_decode_blocks: c.potential_decode_blocks,
+            cost: costs[i],
+            forced,
+        };
+        if let Some(id) = options.request_id {
+            self.add_request(id, c.worker, request, c.overlap_blocks)?;
+        }
+        Ok(routed)
+    }
+
+    /// Track a request routed elsewhere (e.g. by a custom router): its uncached prefill and
+    /// its blocks count against `worker` until freed.
+    pub fn add_request(
+        &mut self,
+        request_id: &str,
+        worker: Worker,
+        request: &BlockedRequest,
+        overlap_blocks: u32,
+    ) -> Result<(), LoadError> {
+        let cached = u64::from(overlap_blocks) * u64::from(self.config.block_size);
+        self.active.add_request(request_id, worker, request.isl_tokens.saturating_sub(cached), &request.sequence)
+    }
+
+    pub fn mark_prefill_complete(&mut self, request_id: &str) -> Result<(), LoadError> {
+        self.active.mark_prefill_complete(request_id)
+    }
+
+    pub fn free(&mut self, request_id: &str) -> Result<(), LoadError> {
+        self.active.free(request_id).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! KvRouter behaviour: routing follows the cache, tracking follows the lifecycle.
+
+use super::*;
+use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, KvCacheStoreData, StoredBlock};
+
+const BS: u32 = 4;
+const A: Worker = Worker::new(1, 0);
+const B: Worker = Worker::new(2, 0);
+
+fn router() -> KvRouter {
+    let mut r = KvRouter::with_seed(KvRouterConfig { block_size: BS, ..KvRouterConfig::default() }, 42).unwrap();
+    r.add_worker(A);
+    r.add_worker(B);
+    r
+}
+
+fn prompt(n: u32, salt: u32) -> Vec<u32> {
+    (0..n).map(|i| i * 7 + salt).collect()
+}
+
+/// The event an engine emits after caching `tokens` (engine hashes = sequence hashes).
+fn cached(router: &mut KvRouter, worker: Worker, tokens: &[u32]) {
+    let req = BlockedRequest::from_tokens(tokens, BS, HashSeed::default());
+    let blocks = req
+        .local
+        .iter()
+        .zip(&req.sequence)
+        .map(|(l, s)| StoredBlock { block_hash: EngineBlockHash(s.0), tokens_hash: *l })
+        .collect();
+    let ev = RouterEvent::new(worker, 0, KvCacheEventData::Stored(KvCacheStoreData { parent_hash: None, blocks }));
+    router.apply_event(&ev).unwrap();
+}
+
+#[test]
+fn a_cached_prompt_routes_to_the_worker_that_holds_it() {
+    let mut r = router();
+    let tokens = prompt(64, 1);
+    cached(&mut r, B, &tokens);
+    let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
+    let routed = r.best_worker(&req, RouteOptions::default()).unwrap();
+    assert_eq!(routed.worker, B);
+    assert_eq!(routed.overlap_blocks, 16);
+    assert_eq!(routed.request_blocks, 16);
+    assert_eq!(routed.potential_prefill_tokens, 0);
+}
+
+#[test]
+fn query_only_changes_no_load_tracked_changes_it_until_free() {
+    let mut r = router();
+    let req = BlockedRequest::from_tokens(&prompt(40, 2), BS, HashSeed::default());
+    let routed = r.best_worker(&req, RouteOptions::default()).unwrap();
+    assert_eq!(r.load(routed.worker), WorkerLoad::default());
+
+    let tracked = r.best_worker(&req, RouteOptions { request_id: Some("r1"), ..Default::default() }).unwrap();
+    let load = r.load(tracked.worker);
+    assert_eq!(load.active_prefill_tokens, 40);
+    assert_eq!(load.active_blocks, 10);
+    r.mark_prefill_complete("r1").unwrap();
+    assert_eq!(r.load(tracked.worker).active_prefill_tokens, 0);
+    r.free("r1").unwrap();
+    assert_eq!(r.load(tracked.worker), WorkerLoad::default());
+    assert_eq!(r.free("r1"), Err(LoadError::UnknownRequest("r1".into())));
+}
+
+#[test]
+fn load_spreads_identical_requests() {
+    let mut r = router();
+    let req = BlockedRequest::from_tokens(&prompt(40, 3), BS, HashSeed::default());
+    let first = r.best_worker(&req, RouteOptions { request_id: Some("a"), ..Default::default() }).unwrap();
+    // Same prompt, nothing cached yet. Its blocks are already active on the first worker (so
+    // they add no decode load there), but its 40 queued prefill tokens tip the balance:
+    // first worker (40 + 40) / 4 + 10 = 30, other worker 40 / 4 + 10 = 20.
+    let second = r.best_worker(&req, RouteOptions { request_id: Some("b"), ..Default::default() }).unwrap();
+    assert_ne!(first.worker, second.worker);
+}
+
+#[test]
+fn forced_worker_is_honoured_and_tracked_unknown_is_ignored() {
+    let mut r = router();
+    let tokens = prompt(64, 4);
+    cached(&mut r, B, &tokens);
+    let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
+    let forced = ForcedWorker { worker_id: 1, dp_rank: None };
+    let routed = r.best_worker(&req, RouteOptions { request_id: Some("f"), forced: Some(forced), ..Default::default() }).unwrap();
+    assert_eq!((routed.worker, routed.forced), (A, Some(Forced::Honoured)));
+    assert_eq!(r.load(A).active_requests, 1);
+
+    let unknown = ForcedWorker { worker_id: 99, dp_rank: None };
+    let routed = r.best_worker(&req, RouteOptions { forced: Some(unknown), ..Default::default() }).unwrap();
+    assert_eq!((routed.worker, routed.forced), (B, Some(Forced::Ignored)));
+}
+
+#[test]
+fn override_changes_the_trade_off() {
+    let mut r = router();
+    let tokens = prompt(64, 5);
+    cached(&mut r, B, &tokens);
+    // B is busy decoding a lot; A is idle.
+    let busy = BlockedRequest::from_tokens(&prompt(400, 9), BS, HashSeed::default());
+    r.best_worker(&busy, RouteOptions { request_id: Some("busy"), forced: Some(ForcedWorker { worker_id: 2, dp_rank: Some(0) }), ..Default::default() }).unwrap();
+    r.mark_prefill_complete("busy").unwrap();
+    let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
+    assert_eq!(r.best_worker(&req, RouteOptions::default()).unwrap().worker, A, "100 decode blocks outweigh a 16-block hit");
+    let heavy_prefill = RouterConfigOverride { overlap_score_weight: Some(10.0), ..Default::default() };
+    let routed = r.best_worker(&req, RouteOptions { config_override: Some(&heavy_prefill), ..Default::default() }).unwrap();
+    assert_eq!(routed.worker, B);
+    let bad = RouterConfigOverride { router_temperature: Some(-1.0), ..Default::default() };
+    assert!(matches!(r.best_worker(&req, RouteOptions { config_override: Some(&bad), ..Default::default() }), Err(RouteError::Config(_))));
+}
+
+#[test]
+fn no_workers_and_duplicate_ids_are_errors_without_change() {
+    let mut empty = KvRouter::with_seed(KvRouterConfig::default(), 0).unwrap();
+    let req = BlockedRequest::from_tokens(&prompt(32, 0), 16, HashSeed::default());
+    assert_eq!(empty.best_worker(&req, RouteOptions::default()), Err(RouteError::NoWorkers));
+
+    let mut r = router();
+    r.best_worker(&req, RouteOptions { request_id: Some("x"), ..Default::default() }).unwrap();
+    let before = (r.load(A), r.load(B));
+    let again = r.best_worker(&req, RouteOptions { request_id: Some("x"), ..Default::default() });
+    assert_eq!(again, Err(RouteError::Load(LoadError::DuplicateRequest("x".into()))));
+    assert_eq!((r.load(A), r.load(B)), before);
+}
+
+#[test]
+fn dump_replayed_into_a_fresh_router_gives_the_same_answers() {
+    let mut r = router();
+    let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(32 + 8 * i, i)).collect();
+    for (i, p) in prompts.iter().enumerate() {
+        cached(&mut r, if i % 2 == 0 { A } else { B }, p);
+    }
+    let mut fresh = router();
+    for ev in r.dump_events() {
+        fresh.apply_event(&ev).unwrap();
+    }
+    for p in &prompts {
+        let req = BlockedRequest::from_tokens(p, BS, HashSeed::default());
+        let a = r.best_worker(&req, RouteOptions::default()).unwrap();
+        let b = fresh.best_worker(&req, RouteOptions::default()).unwrap();
+        assert_eq!((a.worker, a.overlap_blocks), (b.worker, b.overlap_blocks));
+    }
+}
+
+#[test]
+fn seeded_routers_make_identical_choices() {
+    let run = || {
+        let mut r = router();
+        (0..20)
+            .map(|i| {
+                let req = BlockedRequest::from_tokens(&prompt(16, i), BS, HashSeed::default());
+                r.best_worker(&req, RouteOptions::default()).unwrap().worker
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn removed_worker_is_no_longer_chosen_and_its_load_is_gone() {
+    let mut r = router();
+    let req = BlockedRequest::from_tokens(&prompt(32, 1), BS, HashSeed::default());
+    r.best_worker(&req, RouteOptions { request_id: Some("q"), forced: Some(ForcedWorker { worker_id: 2, dp_rank: None }), ..Default::default() }).unwrap();
+    r.remove_worker(2);
+    assert_eq!(r.workers(), &[A]);
+    assert!(r.free("q").is_err());
+    for _ in 0..5 {
+        assert_eq!(r.best_worker(&req, RouteOptions::default()).unwrap().worker, A);
+    }
+}
