@@ -5,11 +5,16 @@
 //! in virtual time:
 //! - [`timing`]: Dynamo's polynomial prefill/decode step-time model;
 //! - [`block_pool`]: the paged KV cache — prefix reuse by sequence hash, reference counts, LRU
-//!   eviction by release time, and the KV events it emits.
-//!
-//! Still to come (see the session notes): the scheduler (continuous batching, chunked prefill,
-//! preemption), the OpenAI HTTP shell and the ZMQ publisher.
+//!   eviction by release time, and the KV events it emits;
+//! - [`engine`]: continuous batching over the pool (chunked prefill, admission, preemption),
+//!   one pass at a time;
+//! - [`config`]: engine settings with Dynamo's mocker defaults.
 #![forbid(unsafe_code)]
 
 pub mod block_pool;
+pub mod config;
+pub mod engine;
 pub mod timing;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineRequest, Pass};
