@@ -6,6 +6,7 @@
 //! - [`hashing`]: Dynamo-compatible block hashing (local block hash, chained sequence hash,
 //!   LoRA / cache-salt seeds);
 //! - [`worker`]: the identity of a worker, `(worker_id, dp_rank)`;
+//! - [`openai`]: the OpenAI request view (prompt, messages, sampling fields) and error body;
 //! - [`events`]: KV cache events in Dynamo's JSON form and the decoder/encoder for the
 //!   vLLM/SGLang ZMQ msgpack wire form.
 //!
@@ -14,6 +15,7 @@
 
 pub mod events;
 pub mod hashing;
+pub mod openai;
 pub mod worker;
 
 pub use hashing::{block_hashes, sequence_hashes, HashSeed, LocalBlockHash, SequenceHash};

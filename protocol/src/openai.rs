@@ -1,0 +1,176 @@
+//! The OpenAI request shapes kvroute reads: `/v1/completions` and `/v1/chat/completions`.
+//!
+//! A *view*: only the fields routing and the mocker need are typed; unknown fields are ignored
+//! (front doors forward the original body untouched). Also the OpenAI error body every kvroute
+//! service answers bad requests with.
+
+use serde::{Deserialize, Serialize};
+
+/// A completion prompt: text, or token ids (OpenAI also allows a batch; kvroute serves one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// A chat message; `content` may be a string or an array of typed parts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: MessageContent,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, text: &str) -> Self {
+        ChatMessage { role: role.to_owned(), content: MessageContent::Text(text.to_owned()) }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+impl Default for MessageContent {
+    fn default() -> Self {
+        MessageContent::Text(String::new())
+    }
+}
+
+impl MessageContent {
+    /// The text of the message: text parts joined, other parts (images, audio) ignored.
+    pub fn text(&self) -> String {
+        match self {
+            MessageContent::Text(t) => t.clone(),
+            MessageContent::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join(""),
+        }
+    }
+}
+
+/// One part of an array-form message content (`{"type": "text", "text": "..."}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `stream_options` of a streaming request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Fields shared by both endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingFields {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Chat's newer name for `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// vLLM extension: keep generating past the end-of-sequence token.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub n: Option<u32>,
+}
+
+impl SamplingFields {
+    pub fn max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.is_some_and(|o| o.include_usage)
+    }
+}
+
+/// `POST /v1/completions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<u16>,
+}
+
+impl ErrorBody {
+    /// An error of `kind` (e.g. `invalid_request_error`) with the HTTP status as its code.
+    pub fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
+        ErrorBody { error: ErrorDetail { message: message.into(), kind: kind.to_owned(), param: None, code: Some(status) } }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_parse_as_text_or_token_ids() {
+        let text: CompletionRequest = serde_json::from_str(r#"{"prompt": "hi", "max_tokens": 3, "stream": true}"#).unwrap();
+        assert_eq!(text.prompt, Prompt::Text("hi".into()));
+        assert_eq!(text.sampling.max_tokens(), Some(3));
+        assert!(text.sampling.stream);
+        let ids: CompletionRequest = serde_json::from_str(r#"{"model": "m", "prompt": [1, 2, 3], "extra": {"x": 1}}"#).unwrap();
+        assert_eq!(ids.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        assert!(serde_json::from_str::<CompletionRequest>(r#"{"prompt": [1, -2]}"#).is_err());
+        assert!(serde_json::from_str::<CompletionRequest>(r#"{"max_tokens": 3}"#).is_err());
+    }
+
+    #[test]
+    fn chat_content_may_be_a_string_or_parts() {
+        let req: ChatCompletionRequest = serde_json::from_str(
+            r#"{"messages": [{"role": "user", "content": "a"},
+                {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "image_url"}, {"type": "text", "text": "c"}]}],
+                "max_completion_tokens": 9, "stream_options": {"include_usage": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.messages[0].content.text(), "a");
+        assert_eq!(req.messages[1].content.text(), "bc");
+        assert_eq!(req.sampling.max_tokens(), Some(9));
+        assert!(req.sampling.include_usage());
+    }
+
+    #[test]
+    fn error_body_has_openais_shape() {
+        let v = serde_json::to_value(ErrorBody::new(400, "invalid_request_error", "bad")).unwrap();
+        assert_eq!(v, serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error", "param": null, "code": 400}}));
+    }
+}
