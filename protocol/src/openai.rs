@@ -4,7 +4,7 @@
 //! (front doors forward the original body untouched). Also the OpenAI error body every kvroute
 //! service answers bad requests with.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A completion prompt: text, or token ids (OpenAI also allows a batch; kvroute serves one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,21 +14,24 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
-/// A chat message; `content` may be a string or an array of typed parts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of a chat request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
-    #[serde(default)]
+    /// A missing or `null` content (an assistant turn that only calls tools) is empty text.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: MessageContent,
 }
 
 impl ChatMessage {
-    pub fn new(role: &str, text: &str) -> Self {
-        ChatMessage { role: role.to_owned(), content: MessageContent::Text(text.to_owned()) }
+    /// A message with plain-text content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: MessageContent::Text(content.into()) }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A message's content in either OpenAI form: a string, or an array of typed parts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
@@ -42,22 +45,39 @@ impl Default for MessageContent {
 }
 
 impl MessageContent {
-    /// The text of the message: text parts joined, other parts (images, audio) ignored.
+    /// The text the template sees. Text parts are joined with `\n`, as vLLM joins them for
+    /// string-content templates; other parts (images, audio) carry no text and are skipped.
     pub fn text(&self) -> String {
         match self {
-            MessageContent::Text(t) => t.clone(),
-            MessageContent::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join(""),
+            MessageContent::Text(text) => text.clone(),
+            MessageContent::Parts(parts) => {
+                let texts: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|part| match part {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        ContentPart::Other => None,
+                    })
+                    .collect();
+                texts.join("\n")
+            }
         }
     }
 }
 
-/// One part of an array-form message content (`{"type": "text", "text": "..."}`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
+/// One element of an array content: `{"type": "text", "text": "..."}` or any other type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text {
+        text: String,
+    },
+    /// A non-text part (`image_url`, `input_audio`, …), kept only so the request parses.
+    #[serde(other)]
+    Other,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(de: D) -> Result<MessageContent, D::Error> {
+    Option::<MessageContent>::deserialize(de).map(Option::unwrap_or_default)
 }
 
 /// `stream_options` of a streaming request.
@@ -157,13 +177,14 @@ mod tests {
     #[test]
     fn chat_content_may_be_a_string_or_parts() {
         let req: ChatCompletionRequest = serde_json::from_str(
-            r#"{"messages": [{"role": "user", "content": "a"},
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": null},
                 {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "image_url"}, {"type": "text", "text": "c"}]}],
                 "max_completion_tokens": 9, "stream_options": {"include_usage": true}}"#,
         )
         .unwrap();
         assert_eq!(req.messages[0].content.text(), "a");
-        assert_eq!(req.messages[1].content.text(), "bc");
+        assert_eq!(req.messages[1].content.text(), "");
+        assert_eq!(req.messages[2].content.text(), "b\nc");
         assert_eq!(req.sampling.max_tokens(), Some(9));
         assert!(req.sampling.include_usage());
     }
