@@ -122,6 +122,11 @@ impl BlockPool {
         self.cached.contains_key(&hash)
     }
 
+    /// Every cached block's sequence hash (in use or not), unordered.
+    pub fn cached_hashes(&self) -> Vec<SequenceHash> {
+        self.cached.keys().copied().collect()
+    }
+
     /// How many leading blocks of a request are cached.
     pub fn cached_prefix(&self, hashes: &[SequenceHash]) -> usize {
         hashes.iter().take_while(|h| self.cached.contains_key(h)).count()

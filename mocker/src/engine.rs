@@ -249,6 +249,11 @@ impl Engine {
         }
     }
 
+    /// Sequence hashes of every block in the cache (what its KV events must add up to).
+    pub fn cached_blocks(&self) -> Vec<SequenceHash> {
+        self.pool.cached_hashes()
+    }
+
     /// Leading prompt tokens of `prompt` this engine holds in its cache right now.
     pub fn cached_prefix_tokens(&self, prompt: &[u32]) -> usize {
         let bs = self.config.block_size;

@@ -8,12 +8,15 @@
 //!   eviction by release time, and the KV events it emits;
 //! - [`engine`]: continuous batching over the pool (chunked prefill, admission, preemption),
 //!   one pass at a time;
-//! - [`config`]: engine settings with Dynamo's mocker defaults.
+//! - [`config`]: engine settings with Dynamo's mocker defaults;
+//! - [`server`]: the OpenAI-compatible HTTP shell and the ZMQ KV-event publisher (tokio), one
+//!   engine task per dp rank.
 #![forbid(unsafe_code)]
 
 pub mod block_pool;
 pub mod config;
 pub mod engine;
+pub mod server;
 pub mod timing;
 
 pub use config::EngineConfig;

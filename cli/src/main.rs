@@ -1,0 +1,38 @@
+//! `kvroute`: one binary, one subcommand per component.
+//!
+//! Flags are parsed by clap (each also readable from a `KVROUTE_*` environment variable), then
+//! turned into the component's typed configuration, which the component validates.
+
+mod mocker;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kvroute", version, about = "KV-cache-aware request routing for LLM inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a simulated inference engine: OpenAI-compatible HTTP API, a paged KV cache with
+    /// prefix reuse, Dynamo's timing model, and vLLM-format KV events on ZMQ.
+    Mocker(mocker::MockerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Mocker(args) => mocker::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,90 @@
+//! Test support: start `kvroute` subcommands as real processes on loopback with ephemeral
+//! ports, read where they listen, and kill them when the test ends.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A child process killed on drop.
+pub struct Process {
+    child: Child,
+    /// The JSON line the process printed when ready.
+    pub ready: Value,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `kvroute <args>` and wait (bounded) for its ready line on stdout.
+pub fn spawn(args: &[&str]) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvroute"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("kvroute starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("kvroute {args:?} did not report ready within 30 s");
+        }
+    };
+    let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"));
+    Process { child, ready }
+}
+
+/// A mocker on ephemeral ports.
+pub fn mocker(extra: &[&str]) -> Process {
+    let mut args = vec!["mocker", "--port", "0", "--kv-events-port", "0"];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+impl Process {
+    pub fn http(&self) -> String {
+        self.ready["mocker"]["http"].as_str().expect("http address").to_owned()
+    }
+
+    pub fn kv_events(&self, rank: usize) -> String {
+        self.ready["mocker"]["kv_events"][rank]["events"].as_str().expect("kv events endpoint").to_owned()
+    }
+
+    pub fn kv_replay(&self, rank: usize) -> String {
+        self.ready["mocker"]["kv_events"][rank]["replay"].as_str().expect("replay endpoint").to_owned()
+    }
+}
+
+/// Poll `check` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,37 @@
+"""Fixtures: a real `kvroute mocker` process on loopback with ephemeral ports.
+
+The binary comes from $KVROUTE_BIN (scripts/test sets it after building).
+"""
+import json
+import os
+import subprocess
+
+import pytest
+
+
+def _spawn(*args):
+    binary = os.environ.get("KVROUTE_BIN")
+    if not binary:
+        pytest.fail("KVROUTE_BIN is not set: run the Python tests through ./scripts/test")
+    proc = subprocess.Popen(
+        [binary, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RUST_LOG": "warn"},
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        pytest.fail(f"kvroute {args} exited before reporting ready")
+    return proc, json.loads(line)
+
+
+@pytest.fixture
+def mocker():
+    proc, ready = _spawn("mocker", "--port", "0", "--kv-events-port", "0", "--block-size", "16")
+    try:
+        yield ready["mocker"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
