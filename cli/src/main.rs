@@ -3,6 +3,7 @@
 //! Flags are parsed by clap (each also readable from a `KVROUTE_*` environment variable), then
 //! turned into the component's typed configuration, which the component validates.
 
+mod kv_router;
 mod mocker;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,10 @@ enum Command {
     /// Run a simulated inference engine: OpenAI-compatible HTTP API, a paged KV cache with
     /// prefix reuse, Dynamo's timing model, and vLLM-format KV events on ZMQ.
     Mocker(mocker::MockerArgs),
+    /// Run a local KV router for one pool of workers: Dynamo's KvRouter API over HTTP
+    /// (best_worker, potential_loads, lifecycle, events), proxying OpenAI requests to the
+    /// worker holding the most of their prefix, fed by the workers' ZMQ KV events.
+    KvRouter(kv_router::KvRouterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Mocker(args) => mocker::run(args).await,
+            Command::KvRouter(args) => kv_router::run(args).await,
         }
     })
 }

@@ -26,7 +26,7 @@ pub struct MockerArgs {
     #[arg(long, env = "KVROUTE_NUM_GPU_BLOCKS", default_value_t = 16384)]
     num_gpu_blocks: usize,
     /// Tokens per KV block (must match the router's --block-size).
-    #[arg(long, env = "KVROUTE_BLOCK_SIZE", default_value_t = 64)]
+    #[arg(long, alias = "kv-cache-block-size", env = "KVROUTE_BLOCK_SIZE", default_value_t = 16)]
     block_size: usize,
     /// Most sequences in the running batch.
     #[arg(long, env = "KVROUTE_MAX_NUM_SEQS", default_value_t = 256)]

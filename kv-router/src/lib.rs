@@ -1,10 +1,13 @@
-//! The local KV router's core: what is cached where, what is in flight where, and which worker
-//! a request should go to. Pure logic (no I/O, no clocks; randomness is injected).
+//! The local KV router: what is cached where, what is in flight where, and which worker a
+//! request should go to. The core (`index`, `load`, `select`, `router`) is pure logic (no I/O,
+//! no clocks; randomness is injected); `service` is the I/O shell around it.
 //!
 //! - [`index`]: the radix index of cached blocks per worker, fed by KV events;
 //! - [`load`]: active sequences per worker (prefill tokens, reference-counted blocks);
 //! - [`select`]: the cost function, temperature sampling and the router configuration;
-//! - [`router`]: [`router::KvRouter`], the three put together behind Dynamo's `KvRouter` API.
+//! - [`router`]: [`router::KvRouter`], the three put together behind Dynamo's `KvRouter` API;
+//! - [`service`]: the HTTP service around it (the I/O edge: ZMQ event subscribers, health
+//!   checks, proxying `generate` to workers).
 //!
 //! ```
 //! use kvroute_kv_router::router::{BlockedRequest, RouteOptions};
@@ -34,6 +37,7 @@ pub mod index;
 pub mod load;
 pub mod router;
 pub mod select;
+pub mod service;
 
 pub use index::{IndexError, KvIndex, Overlap};
 pub use load::ActiveSequences;

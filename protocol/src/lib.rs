@@ -3,6 +3,7 @@
 //! This crate is pure (no I/O, no clocks, no randomness) and builds for `wasm32-wasip1`, so the
 //! Envoy filter uses exactly the code the native services use. It owns:
 //!
+//! - [`api`]: the local router's probe API shapes (`/best_worker` query and answer);
 //! - [`hashing`]: Dynamo-compatible block hashing (local block hash, chained sequence hash,
 //!   LoRA / cache-salt seeds);
 //! - [`worker`]: the identity of a worker, `(worker_id, dp_rank)`;
@@ -13,6 +14,7 @@
 //! It does not own any index, scheduling or transport: those live in `kvroute-kv-router`.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod events;
 pub mod hashing;
 pub mod openai;

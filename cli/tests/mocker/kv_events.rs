@@ -154,3 +154,48 @@ async fn events_rebuild_exactly_the_cached_blocks_and_an_index_that_matches() {
     // The engine always recomputes at least one token, so it serves all but the last full block.
     assert_eq!(cached_tokens, (overlap as usize * BS).min((last.len() - 1) / BS * BS));
 }
+
+#[tokio::test]
+async fn each_dp_rank_has_its_own_cache_and_tags_its_events() {
+    let m = support::mocker(&["--block-size", "16", "--data-parallel-size", "2"]);
+    let client = reqwest::Client::new();
+    let mut sub = SubSocket::new();
+    sub.connect(&m.kv_events(1)).await.unwrap();
+    sub.subscribe("").await.unwrap();
+    let prompt: Vec<u32> = (0..64).map(|i| i + 500).collect();
+    let send = |rank: &'static str, prompt: Vec<u32>| {
+        let client = client.clone();
+        let url = format!("{}/v1/completions", m.http());
+        async move {
+            let v: Value = client
+                .post(url)
+                .header("X-Data-Parallel-Rank", rank)
+                .json(&json!({"prompt": prompt, "max_tokens": 1}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap()
+        }
+    };
+    // Until the subscription is live, warm rank 1 up with distinct prompts.
+    let mut got = None;
+    for k in 0..50u32 {
+        send("1", (0..16).map(|i| 90_000 + k * 16 + i).collect()).await;
+        if let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+            got = Some(msg);
+            break;
+        }
+    }
+    let msg = got.expect("rank 1 publishes");
+    let batch = decode_multipart(&msg.into_vec()).unwrap().batch;
+    assert_eq!(batch.dp_rank, Some(1));
+
+    assert_eq!(send("1", prompt.clone()).await, 0);
+    assert_eq!(send("1", prompt.clone()).await, 48, "rank 1 reuses its own cache");
+    assert_eq!(send("0", prompt.clone()).await, 0, "rank 0 has a cache of its own");
+    let v: Value = client.get(format!("{}/debug/kv_blocks", m.http())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["ranks"].as_array().unwrap().len(), 2);
+}

@@ -88,3 +88,27 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A kv-router on an ephemeral port in front of `workers` (subscribed to their KV events).
+pub fn kv_router(workers: &[&Process], extra: &[&str]) -> Process {
+    let specs: Vec<String> = workers.iter().map(|w| format!("{}@{}", w.http(), w.kv_events(0))).collect();
+    let mut args: Vec<&str> = vec!["kv-router", "--http-port", "0", "--health-interval-ms", "200"];
+    for s in &specs {
+        args.push("--worker");
+        args.push(s);
+    }
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+impl Process {
+    pub fn router_http(&self) -> String {
+        self.ready["kv_router"]["http"].as_str().expect("router http address").to_owned()
+    }
+
+    /// Stop the process now (a crashed worker).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

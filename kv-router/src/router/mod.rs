@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::index::{IndexError, KvIndex};
 use crate::load::{ActiveSequences, LoadError, WorkerLoad};
-use crate::select::{choose, Candidate, ConfigError, KvRouterConfig, RouterConfigOverride};
+use crate::select::{choose, cost, least_loaded, Candidate, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
 
 /// A request cut into blocks: what every routing call needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +103,8 @@ pub struct KvRouter<R = SmallRng> {
     /// Selectable workers, sorted (a deterministic candidate order for seeded runs).
     workers: Vec<Worker>,
     rng: R,
+    /// Next turn in round-robin mode.
+    turn: usize,
 }
 
 impl KvRouter<SmallRng> {
@@ -115,7 +117,7 @@ impl KvRouter<SmallRng> {
 impl<R: Rng> KvRouter<R> {
     pub fn with_rng(config: KvRouterConfig, rng: R) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(KvRouter { config, index: KvIndex::new(), active: ActiveSequences::new(), workers: Vec::new(), rng })
+        Ok(KvRouter { config, index: KvIndex::new(), active: ActiveSequences::new(), workers: Vec::new(), rng, turn: 0 })
     }
 
     pub fn config(&self) -> &KvRouterConfig {
@@ -220,7 +222,21 @@ impl<R: Rng> KvRouter<R> {
                 pool = wanted;
             }
         }
-        let (i, costs) = choose(&pool, request.isl_tokens, &config, &mut self.rng).ok_or(RouteError::NoWorkers)?;
+        if pool.is_empty() {
+            return Err(RouteError::NoWorkers);
+        }
+        let i = match config.router_mode {
+            RouterMode::Kv => choose(&pool, request.isl_tokens, &config, &mut self.rng).ok_or(RouteError::NoWorkers)?.0,
+            RouterMode::RoundRobin => {
+                self.turn = self.turn.wrapping_add(1);
+                (self.turn - 1) % pool.len()
+            }
+            RouterMode::Random => self.rng.gen_range(0..pool.len()),
+            RouterMode::LeastLoaded => {
+                let requests: Vec<u64> = pool.iter().map(|c| self.active.load(c.worker).active_requests).collect();
+                least_loaded(&pool, &requests, &mut self.rng).ok_or(RouteError::NoWorkers)?
+            }
+        };
         let c = pool[i];
         let routed = Routed {
             worker: c.worker,
@@ -228,7 +244,7 @@ impl<R: Rng> KvRouter<R> {
             request_blocks: request.local.len() as u32,
             potential_prefill_tokens: c.potential_prefill_tokens(request.isl_tokens, config.block_size),
             potential_decode_blocks: c.potential_decode_blocks,
-            cost: costs[i],
+            cost: cost(&c, request.isl_tokens, &config),
             forced,
         };
         if let Some(id) = options.request_id {

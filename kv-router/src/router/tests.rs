@@ -1,6 +1,7 @@
 //! KvRouter behaviour: routing follows the cache, tracking follows the lifecycle.
 
 use super::*;
+use crate::select::RouterMode;
 use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, KvCacheStoreData, StoredBlock};
 
 const BS: u32 = 4;
@@ -166,4 +167,27 @@ fn removed_worker_is_no_longer_chosen_and_its_load_is_gone() {
     for _ in 0..5 {
         assert_eq!(r.best_worker(&req, RouteOptions::default()).unwrap().worker, A);
     }
+}
+
+#[test]
+fn baseline_modes_ignore_the_cache() {
+    let tokens = prompt(64, 11);
+    let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
+    let mut rr = KvRouter::with_seed(KvRouterConfig { block_size: BS, router_mode: RouterMode::RoundRobin, ..KvRouterConfig::default() }, 1).unwrap();
+    rr.add_worker(A);
+    rr.add_worker(B);
+    cached(&mut rr, B, &tokens);
+    let picks: Vec<Worker> = (0..4).map(|_| rr.best_worker(&req, RouteOptions::default()).unwrap().worker).collect();
+    assert_eq!(picks, vec![A, B, A, B]);
+    let routed = rr.best_worker(&req, RouteOptions::default()).unwrap();
+    assert_eq!(routed.overlap_blocks, if routed.worker == B { 16 } else { 0 }, "overlap is still reported");
+
+    let mut ll = KvRouter::with_seed(KvRouterConfig { block_size: BS, router_mode: RouterMode::LeastLoaded, ..KvRouterConfig::default() }, 1).unwrap();
+    ll.add_worker(A);
+    ll.add_worker(B);
+    let first = ll.best_worker(&req, RouteOptions { request_id: Some("1"), ..Default::default() }).unwrap().worker;
+    let second = ll.best_worker(&req, RouteOptions { request_id: Some("2"), ..Default::default() }).unwrap().worker;
+    assert_ne!(first, second, "the busy worker is avoided");
+    assert_eq!("least_loaded".parse::<RouterMode>(), Ok(RouterMode::LeastLoaded));
+    assert!("fastest".parse::<RouterMode>().is_err());
 }

@@ -14,6 +14,34 @@ pub enum TieBreak {
     SmallestTree,
 }
 
+/// How a worker is chosen. Every mode tracks load the same way, so baselines are comparable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterMode {
+    /// Cost function over KV overlap and load (the point of kvroute).
+    #[default]
+    Kv,
+    /// Workers in turn, ignoring cache and load.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// Fewest in-flight requests (then fewest prefill tokens), ignoring the cache.
+    LeastLoaded,
+}
+
+impl std::str::FromStr for RouterMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.replace('_', "-").as_str() {
+            "kv" => Ok(RouterMode::Kv),
+            "round-robin" => Ok(RouterMode::RoundRobin),
+            "random" => Ok(RouterMode::Random),
+            "least-loaded" => Ok(RouterMode::LeastLoaded),
+            other => Err(format!("unknown router mode {other:?} (expected kv, round-robin, random or least-loaded)")),
+        }
+    }
+}
+
 /// Selection settings. Field names follow Dynamo's `KvRouterConfig`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +57,7 @@ pub struct KvRouterConfig {
     /// Softmax temperature over normalised costs; 0 picks the cheapest.
     pub router_temperature: f64,
     pub tie_break: TieBreak,
+    pub router_mode: RouterMode,
 }
 
 impl Default for KvRouterConfig {
@@ -39,6 +68,7 @@ impl Default for KvRouterConfig {
             overlap_score_credit: 1.0,
             router_temperature: 0.0,
             tie_break: TieBreak::Random,
+            router_mode: RouterMode::Kv,
         }
     }
 }

@@ -11,7 +11,7 @@
 
 mod config;
 
-pub use config::{ConfigError, KvRouterConfig, RouterConfigOverride, TieBreak};
+pub use config::{ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode, TieBreak};
 
 use kvroute_protocol::Worker;
 use rand::Rng;
@@ -45,6 +45,15 @@ pub fn cost(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
     let raw_prefill_blocks = (c.active_prefill_tokens + isl_tokens) as f64 / bs;
     let prefill = (raw_prefill_blocks - config.overlap_score_credit * f64::from(c.overlap_blocks)).max(0.0);
     config.overlap_score_weight * prefill + c.potential_decode_blocks as f64
+}
+
+/// Index of the least loaded candidate: fewest in-flight requests, then fewest prefill tokens
+/// queued, ties at random. `requests[i]` is candidate i's in-flight request count.
+pub fn least_loaded(candidates: &[Candidate], requests: &[u64], rng: &mut impl Rng) -> Option<usize> {
+    let key = |i: usize| (requests[i], candidates[i].active_prefill_tokens);
+    let best = (0..candidates.len()).map(key).min()?;
+    let tied: Vec<usize> = (0..candidates.len()).filter(|&i| key(i) == best).collect();
+    Some(tied[rng.gen_range(0..tied.len())])
 }
 
 /// The index of the chosen candidate and every candidate's cost; `None` when there is none.

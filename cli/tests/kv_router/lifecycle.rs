@@ -1,0 +1,56 @@
+//! Load follows each request's life, whatever ends it; failing workers leave selection.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::routing::{long_prompt, Stack};
+use crate::support;
+
+#[tokio::test]
+async fn a_finished_stream_and_a_disconnected_client_both_leave_no_load() {
+    let stack = Stack::new(1, &[]);
+    let prompt = long_prompt(3);
+    // Finished stream.
+    let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 3, "stream": true})).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert_eq!(stack.total_load().await, (0, 0, 0));
+
+    // A client that reads the first chunk of a long stream and hangs up.
+    let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 5000, "stream": true})).send().await.unwrap();
+    let mut body = r.bytes_stream();
+    body.next().await.expect("a first chunk").unwrap();
+    let (requests, blocks, prefill) = stack.total_load().await;
+    assert_eq!((requests, prefill), (1, 0), "tracked, prefill complete at the first chunk");
+    assert!(blocks > 0);
+    drop(body);
+    let freed = support::eventually(Duration::from_secs(5), || async { (stack.total_load().await == (0, 0, 0)).then_some(()) }).await;
+    assert!(freed.is_some(), "load left behind: {:?}", stack.total_load().await);
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_skipped_and_its_blocks_dropped() {
+    let mut stack = Stack::new(2, &[]);
+    for salt in 20..24 {
+        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": long_prompt(salt), "max_tokens": 1})).send().await.unwrap();
+        r.bytes().await.unwrap();
+    }
+    stack.wait_indexed(64).await;
+    stack.mockers[0].kill();
+    // Requests keep succeeding (a failed forward is retried on the other worker).
+    for salt in 30..40 {
+        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": long_prompt(salt), "max_tokens": 1})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    }
+    let dead = stack.mockers[0].http();
+    let gone = support::eventually(Duration::from_secs(5), || async {
+        let w = stack.workers().await;
+        let entry = w["workers"].as_array().unwrap().iter().find(|w| w["url"] == dead.as_str()).cloned().unwrap();
+        (entry["healthy"] == false && entry["ranks"][0]["cached_blocks"] == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "{}", stack.workers().await);
+    assert_eq!(stack.total_load().await, (0, 0, 0));
+}

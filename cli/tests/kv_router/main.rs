@@ -1,0 +1,7 @@
+//! End-to-end tests of `kvroute kv-router` in front of real mocker processes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod lifecycle;
+mod routing;

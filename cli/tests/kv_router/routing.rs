@@ -1,0 +1,171 @@
+//! Routing follows the cache; the probe API answers; dumps rebuild; bad input is refused.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, Process};
+
+pub struct Stack {
+    pub mockers: Vec<Process>,
+    pub router: Process,
+    pub client: reqwest::Client,
+}
+
+impl Stack {
+    pub fn new(workers: usize, router_args: &[&str]) -> Stack {
+        let mockers: Vec<Process> = (0..workers).map(|_| support::mocker(&["--block-size", "16", "--speedup-ratio", "10"])).collect();
+        let refs: Vec<&Process> = mockers.iter().collect();
+        let router = support::kv_router(&refs, &[&["--block-size", "16", "--seed", "7"], router_args].concat());
+        Stack { mockers, router, client: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.router.router_http(), path)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn workers(&self) -> Value {
+        self.client.get(self.url("/workers")).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Sum of the load figures over all workers.
+    pub async fn total_load(&self) -> (u64, u64, u64) {
+        let w = self.workers().await;
+        let mut t = (0, 0, 0);
+        for worker in w["workers"].as_array().unwrap() {
+            for rank in worker["ranks"].as_array().unwrap() {
+                t.0 += rank["load"]["active_requests"].as_u64().unwrap();
+                t.1 += rank["load"]["active_blocks"].as_u64().unwrap();
+                t.2 += rank["load"]["active_prefill_tokens"].as_u64().unwrap();
+            }
+        }
+        t
+    }
+
+    /// Wait until the router's index knows `blocks` blocks for some worker (events arrived).
+    pub async fn wait_indexed(&self, blocks: u64) {
+        let found = support::eventually(Duration::from_secs(10), || async {
+            let w = self.workers().await;
+            w["workers"].as_array().unwrap().iter().any(|w| w["ranks"][0]["cached_blocks"].as_u64().unwrap() >= blocks).then_some(())
+        })
+        .await;
+        assert!(found.is_some(), "the router never indexed {blocks} blocks: {}", self.workers().await);
+    }
+}
+
+pub fn long_prompt(salt: u32) -> Vec<u32> {
+    (0..1024).map(|i| (i * 31 + salt * 7919) % 4000 + 3).collect()
+}
+
+#[tokio::test]
+async fn a_repeated_prompt_goes_to_the_worker_that_cached_it() {
+    let stack = Stack::new(2, &[]);
+    let prompt = long_prompt(1);
+    let first = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 2})).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let first_worker = first.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
+    assert_eq!(first.headers()["x-kvroute-overlap-blocks"], "0");
+    first.bytes().await.unwrap();
+    stack.wait_indexed(64).await;
+
+    let (status, probe) = stack.post("/best_worker", json!({"token_ids": prompt})).await;
+    assert_eq!(status, 200, "{probe}");
+    assert_eq!(probe["worker_id"].to_string(), first_worker);
+    assert_eq!(probe["overlap_blocks"], 64);
+    assert_eq!(probe["request_blocks"], 64);
+
+    for _ in 0..3 {
+        let again = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 2})).send().await.unwrap();
+        assert_eq!(again.headers()["x-kvroute-worker"].to_str().unwrap(), first_worker);
+        assert_eq!(again.headers()["x-kvroute-overlap-blocks"], "64");
+        let body: Value = again.json().await.unwrap();
+        assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 1008, "the worker really had it");
+    }
+}
+
+#[tokio::test]
+async fn query_only_probes_change_no_load_tracked_ones_do_until_freed() {
+    let stack = Stack::new(2, &[]);
+    let prompt = long_prompt(2);
+    for _ in 0..3 {
+        let (status, _) = stack.post("/best_worker", json!({"token_ids": prompt})).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(stack.total_load().await, (0, 0, 0));
+    let (status, tracked) = stack.post("/best_worker", json!({"token_ids": prompt, "request_id": "r-1"})).await;
+    assert_eq!(status, 200, "{tracked}");
+    assert_eq!(stack.total_load().await, (1, 64, 1024));
+    assert_eq!(stack.post("/mark_prefill_complete", json!({"request_id": "r-1"})).await.0, 200);
+    assert_eq!(stack.total_load().await, (1, 64, 0));
+    let (status, loads) = stack.post("/potential_loads", json!({"token_ids": prompt})).await;
+    assert_eq!(status, 200);
+    assert_eq!(loads.as_array().unwrap().len(), 2);
+    assert_eq!(stack.post("/free", json!({"request_id": "r-1"})).await.0, 200);
+    assert_eq!(stack.total_load().await, (0, 0, 0));
+    let (status, err) = stack.post("/free", json!({"request_id": "r-1"})).await;
+    assert_eq!(status, 404, "{err}");
+    assert_eq!(stack.post("/best_worker", json!({"token_ids": prompt, "request_id": "r-2"})).await.0, 200);
+    assert_eq!(stack.post("/best_worker", json!({"token_ids": prompt, "request_id": "r-2"})).await.0, 409);
+}
+
+#[tokio::test]
+async fn a_dump_replayed_into_a_fresh_router_gives_the_same_answers() {
+    let stack = Stack::new(2, &[]);
+    let prompts: Vec<Vec<u32>> = (10..14).map(long_prompt).collect();
+    for p in &prompts {
+        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
+        r.bytes().await.unwrap();
+    }
+    stack.wait_indexed(64).await;
+    let dump: Value = stack.client.get(stack.url("/dump_events")).send().await.unwrap().json().await.unwrap();
+    assert!(!dump.as_array().unwrap().is_empty());
+
+    // A second router over the same workers (same worker ids), without event subscriptions.
+    let urls: Vec<String> = stack.mockers.iter().map(|m| m.http()).collect();
+    let fresh = support::spawn(&["kv-router", "--http-port", "0", "--block-size", "16", "--worker", &urls[0], "--worker", &urls[1]]);
+    let client = reqwest::Client::new();
+    let posted = client.post(format!("{}/events", fresh.router_http())).json(&dump).send().await.unwrap();
+    assert_eq!(posted.status().as_u16(), 200);
+    let posted: Value = posted.json().await.unwrap();
+    assert_eq!(posted["rejected"], json!([]));
+    for p in &prompts {
+        let (_, a) = stack.post("/best_worker", json!({"token_ids": p})).await;
+        let b: Value = client.post(format!("{}/best_worker", fresh.router_http())).json(&json!({"token_ids": p})).send().await.unwrap().json().await.unwrap();
+        assert_eq!((&a["worker_id"], &a["overlap_blocks"]), (&b["worker_id"], &b["overlap_blocks"]));
+        assert!(a["overlap_blocks"].as_u64().unwrap() > 0);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let stack = Stack::new(1, &["--max-body-bytes", "100000"]);
+    let cases = [
+        ("/best_worker", json!({"model": "m"}), 400),
+        ("/best_worker", json!({"token_ids": []}), 400),
+        ("/best_worker", json!({"token_ids": [1], "router_config_override": {"router_temperature": -1}}), 400),
+        ("/best_worker", json!({"token_ids": [1], "router_config_override": {"nonsense": 1}}), 400),
+        ("/free", json!({"request_id": "never"}), 404),
+        ("/mark_prefill_complete", json!({"request_id": "never"}), 404),
+        ("/v1/completions", json!({"max_tokens": 1}), 400),
+        ("/v1/chat/completions", json!({"messages": []}), 400),
+        ("/events", json!([{"worker_id": 999, "event": {"data": "cleared"}}]), 400),
+    ];
+    for (path, body, status) in cases {
+        let (got, err) = stack.post(path, body.clone()).await;
+        assert_eq!(got, status, "{path} {body} → {err}");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
+    }
+    let raw = stack.client.post(stack.url("/best_worker")).body("{").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    let huge = stack.client.post(stack.url("/best_worker")).body(vec![b' '; 200_000]).send().await.unwrap();
+    assert_eq!(huge.status().as_u16(), 413);
+    let forced = stack.client.post(stack.url("/v1/completions")).header("x-worker-instance-id", "abc").json(&json!({"prompt": "hi"})).send().await.unwrap();
+    assert_eq!(forced.status().as_u16(), 400);
+    assert_eq!(stack.total_load().await, (0, 0, 0));
+}

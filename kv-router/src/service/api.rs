@@ -1,0 +1,238 @@
+//! The JSON endpoints: Dynamo's `KvRouter` methods over HTTP, plus discovery and metrics.
+//! Bad input gets a 4xx JSON error and leaves the index and the loads untouched.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kvroute_protocol::api::{BestWorkerResponse, RequestIdBody, RouteQuery};
+use kvroute_protocol::events::parse_router_events;
+use kvroute_protocol::openai::Prompt;
+use kvroute_protocol::HashSeed;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::{error_response, ApiError, Shared};
+use crate::load::LoadError;
+use crate::router::{BlockedRequest, RouteError, RouteOptions, Routed};
+use crate::select::RouterConfigOverride;
+
+/// Parse a JSON body or answer 400 saying why.
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
+}
+
+/// The request's tokens: `token_ids`, else `prompt`, else `messages` through the chat template.
+pub(crate) fn tokens_of(shared: &Shared, q: &RouteQuery) -> Result<Vec<u32>, ApiError> {
+    let bad = ApiError::bad_request;
+    let tokens = if let Some(ids) = &q.token_ids {
+        ids.clone()
+    } else if let Some(prompt) = &q.prompt {
+        match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => shared.tokenizer.encode(text).map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))?,
+        }
+    } else if let Some(messages) = &q.messages {
+        if messages.is_empty() {
+            return Err(bad("messages must not be empty".into()));
+        }
+        let text = shared.tokenizer.apply_chat_template(messages, true).map_err(|e| bad(format!("cannot apply the chat template: {e}")))?;
+        shared.tokenizer.encode(&text).map_err(|e| bad(format!("cannot tokenize the conversation: {e}")))?
+    } else {
+        return Err(bad("one of token_ids, prompt or messages is required".into()));
+    };
+    if tokens.is_empty() {
+        return Err(bad("the prompt is empty".into()));
+    }
+    Ok(tokens)
+}
+
+pub(crate) fn blocked(shared: &Shared, q: &RouteQuery) -> Result<BlockedRequest, ApiError> {
+    let tokens = tokens_of(shared, q)?;
+    let seed = HashSeed::for_request(q.lora_name.as_deref(), q.cache_salt.as_deref());
+    Ok(BlockedRequest::from_tokens(&tokens, shared.config.router.block_size, seed))
+}
+
+pub(crate) fn config_override(q: &RouteQuery) -> Result<Option<RouterConfigOverride>, ApiError> {
+    match &q.router_config_override {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("invalid router_config_override: {e}"))),
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NoWorkers => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no worker is available"),
+            RouteError::Config(c) => ApiError::bad_request(format!("invalid router_config_override: {c}")),
+            RouteError::Load(LoadError::DuplicateRequest(id)) => {
+                ApiError::new(StatusCode::CONFLICT, format!("request id {id:?} is already being tracked"))
+            }
+            RouteError::Load(e @ LoadError::UnknownRequest(_)) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        }
+    }
+}
+
+pub(crate) fn answer(r: &Routed) -> BestWorkerResponse {
+    BestWorkerResponse {
+        worker_id: r.worker.worker_id,
+        dp_rank: r.worker.dp_rank,
+        overlap_blocks: r.overlap_blocks,
+        request_blocks: r.request_blocks,
+        potential_prefill_tokens: r.potential_prefill_tokens,
+        potential_decode_blocks: r.potential_decode_blocks,
+        cost: r.cost,
+    }
+}
+
+pub async fn best_worker(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let q: RouteQuery = match parse(&body, "best_worker request") {
+        Ok(q) => q,
+        Err(r) => return r.into_response(),
+    };
+    let (request, o) = match (blocked(&shared, &q), config_override(&q)) {
+        (Ok(r), Ok(o)) => (r, o),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let options = RouteOptions { request_id: q.request_id.as_deref(), config_override: o.as_ref(), forced: None };
+    let routed = shared.router().best_worker(&request, options);
+    match routed {
+        Ok(r) => {
+            shared.metrics.probes.inc();
+            Json(answer(&r)).into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+pub async fn potential_loads(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let q: RouteQuery = match parse(&body, "potential_loads request") {
+        Ok(q) => q,
+        Err(r) => return r.into_response(),
+    };
+    match blocked(&shared, &q) {
+        Ok(request) => Json(shared.router().potential_loads(&request)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn mark_prefill_complete(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let b: RequestIdBody = match parse(&body, "request") {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let done = shared.router().mark_prefill_complete(&b.request_id);
+    match done {
+        Ok(()) => Json(json!({"request_id": b.request_id, "status": "prefill_complete"})).into_response(),
+        Err(e) => error_response(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+pub async fn free(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let b: RequestIdBody = match parse(&body, "request") {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let done = shared.router().free(&b.request_id);
+    match done {
+        Ok(()) => Json(json!({"request_id": b.request_id, "status": "freed"})).into_response(),
+        Err(e) => error_response(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+pub async fn dump_events(State(shared): State<Arc<Shared>>) -> Response {
+    let events = shared.router().dump_events();
+    Json(events).into_response()
+}
+
+/// `POST /events`: Dynamo-form events from custom engines. All or nothing: one event naming an
+/// unconfigured worker rejects the whole body.
+pub async fn events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let events = match parse_router_events(&body) {
+        Ok(e) => e,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid events: {e}")),
+    };
+    for (i, ev) in events.iter().enumerate() {
+        let known = shared.worker(ev.worker_id).is_some_and(|w| ev.event.dp_rank < w.ranks);
+        if !known {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("events[{i}]: unknown worker {} / dp rank {}", ev.worker_id, ev.event.dp_rank),
+            );
+        }
+    }
+    let mut rejected = Vec::new();
+    {
+        let mut router = shared.router();
+        for (i, ev) in events.iter().enumerate() {
+            if let Err(e) = router.apply_event(ev) {
+                rejected.push(json!({"index": i, "error": e.to_string()}));
+            }
+        }
+    }
+    shared.metrics.events_applied.with_label_values(&["http"]).inc_by((events.len() - rejected.len()) as f64);
+    Json(json!({"applied": events.len() - rejected.len(), "rejected": rejected})).into_response()
+}
+
+pub async fn workers(State(shared): State<Arc<Shared>>) -> Response {
+    let router = shared.router();
+    let list: Vec<Value> = shared
+        .workers
+        .iter()
+        .map(|w| {
+            let ranks: Vec<Value> = w
+                .dp_workers()
+                .map(|worker| {
+                    json!({
+                        "dp_rank": worker.dp_rank,
+                        "cached_blocks": router.index().cached_blocks(worker),
+                        "load": router.load(worker),
+                        "events": router.index().stats(worker),
+                    })
+                })
+                .collect();
+            json!({
+                "worker_id": w.worker_id,
+                "url": w.spec.url,
+                "healthy": w.healthy.load(Ordering::Relaxed),
+                "kv_events": w.spec.kv_events,
+                "ranks": ranks,
+            })
+        })
+        .collect();
+    Json(json!({"workers": list})).into_response()
+}
+
+pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let healthy = shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)).count();
+    let body = json!({"status": if healthy > 0 { "ok" } else { "no healthy worker" }, "workers": shared.workers.len(), "healthy_workers": healthy});
+    let status = if healthy > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// The models of the healthy workers, merged by id.
+pub async fn models(State(shared): State<Arc<Shared>>) -> Response {
+    let mut data: Vec<Value> = Vec::new();
+    for w in shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)) {
+        let url = format!("{}/v1/models", w.spec.url.trim_end_matches('/'));
+        let Ok(resp) = shared.http.get(url).timeout(std::time::Duration::from_secs(2)).send().await else { continue };
+        let Ok(v) = resp.json::<Value>().await else { continue };
+        for m in v["data"].as_array().into_iter().flatten() {
+            if !data.iter().any(|d| d["id"] == m["id"]) {
+                data.push(m.clone());
+            }
+        }
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let text = shared.metrics.render(&shared);
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,162 @@
+//! KV events from a worker's ZMQ publisher (the embedded default: no broker).
+//!
+//! One task per (worker, dp rank): connect a SUB socket, decode each message with
+//! `kvroute-protocol`'s decoder, apply its events to the index. Sequence numbers are checked:
+//! - the first message may have any number (a subscriber joins late: not a gap);
+//! - a jump ahead is a gap: the missing range is asked from the worker's replay socket, and if
+//!   it cannot be had, the worker's entries are cleared (a wrong index is worse than an empty
+//!   one) and counted;
+//! - a jump back means the publisher restarted (its cache is new): the entries are cleared.
+//!
+//! The socket is re-created when the worker comes back after a failed health check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvroute_protocol::events::zmq::{decode_multipart, decode_payload, ConvertError, EventBatch};
+use kvroute_protocol::events::{KvCacheEventData, RouterEvent};
+use kvroute_protocol::{HashSeed, Worker};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+use super::Shared;
+
+/// Subscribe to `endpoint` for `workers[index]`'s `rank`, forever.
+pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: String) {
+    let w = &shared.workers[index];
+    let worker = Worker::new(w.worker_id, rank);
+    let mut reconnect = w.reconnect.subscribe();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut socket = SubSocket::new();
+        let connected = async {
+            socket.connect(&endpoint).await?;
+            socket.subscribe(&shared.config.kv_events_topic).await
+        }
+        .await;
+        if let Err(e) = connected {
+            tracing::debug!(%worker, %endpoint, error = %e, "KV event socket not reachable yet");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        tracing::info!(%worker, %endpoint, "subscribed to KV events");
+        let mut expected: Option<u64> = None;
+        loop {
+            tokio::select! {
+                changed = reconnect.changed() => {
+                    if changed.is_err() { return; }
+                    tracing::info!(%worker, "worker came back: resubscribing");
+                    break;
+                }
+                message = socket.recv() => match message {
+                    Ok(m) => handle(&shared, worker, index, rank, m, &mut expected).await,
+                    Err(e) => {
+                        tracing::warn!(%worker, error = %e, "KV event socket failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn handle(shared: &Shared, worker: Worker, index: usize, rank: u32, message: ZmqMessage, expected: &mut Option<u64>) {
+    let frames: Vec<Bytes> = message.into_vec();
+    let decoded = match decode_multipart(&frames) {
+        Ok(d) => d,
+        Err(e) => {
+            shared.metrics.events_rejected.with_label_values(&[&worker.worker_id.to_string(), "decode"]).inc();
+            tracing::warn!(%worker, error = %e, "undecodable KV event message dropped");
+            return;
+        }
+    };
+    match *expected {
+        Some(next) if decoded.seq > next => {
+            shared.metrics.event_gaps.with_label_values(&[&worker.worker_id.to_string()]).inc();
+            tracing::warn!(%worker, missing_from = next, got = decoded.seq, "KV event gap: asking the replay socket");
+            let replayed = match shared.workers[index].spec.replay_endpoint(rank) {
+                Some(endpoint) => replay(&endpoint, next, decoded.seq).await,
+                None => None,
+            };
+            match replayed {
+                Some(batches) => {
+                    for batch in &batches {
+                        apply(shared, worker, batch);
+                    }
+                }
+                None => {
+                    tracing::warn!(%worker, "missed KV events are gone: clearing this worker's index entries");
+                    shared.metrics.event_resyncs.with_label_values(&[&worker.worker_id.to_string()]).inc();
+                    let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+                }
+            }
+        }
+        Some(next) if decoded.seq < next => {
+            tracing::info!(%worker, seq = decoded.seq, "KV event sequence restarted (publisher restarted): clearing");
+            let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+        }
+        _ => {}
+    }
+    *expected = Some(decoded.seq + 1);
+    apply(shared, worker, &decoded.batch);
+}
+
+fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
+    let worker = Worker::new(worker.worker_id, batch.dp_rank.unwrap_or(worker.dp_rank));
+    let label = worker.worker_id.to_string();
+    let block_size = shared.config.router.block_size as usize;
+    let mut router = shared.router();
+    for event in &batch.events {
+        match event.to_kv_event(block_size, HashSeed::default()) {
+            Ok(data) => match router.apply_event(&RouterEvent::new(worker, 0, data)) {
+                Ok(()) => shared.metrics.events_applied.with_label_values(&[&label]).inc(),
+                Err(e) => {
+                    shared.metrics.events_rejected.with_label_values(&[&label, "index"]).inc();
+                    tracing::debug!(%worker, error = %e, "KV event not applied");
+                }
+            },
+            Err(e @ ConvertError::BlockSizeMismatch { .. }) => {
+                router.record_block_size_mismatch(worker);
+                shared.metrics.events_rejected.with_label_values(&[&label, "block_size"]).inc();
+                tracing::error!(%worker, error = %e, "KV event rejected");
+            }
+            Err(e) => {
+                shared.metrics.events_rejected.with_label_values(&[&label, "malformed"]).inc();
+                tracing::warn!(%worker, error = %e, "KV event rejected");
+            }
+        }
+    }
+}
+
+/// Fetch messages `from..to` from a replay socket; None if they are not all there.
+async fn replay(endpoint: &str, from: u64, to: u64) -> Option<Vec<EventBatch>> {
+    let fetch = async {
+        let mut dealer = DealerSocket::new();
+        dealer.connect(endpoint).await.ok()?;
+        let mut request = ZmqMessage::from(Bytes::new());
+        request.push_back(Bytes::copy_from_slice(&from.to_be_bytes()));
+        dealer.send(request).await.ok()?;
+        let mut batches = Vec::new();
+        let mut next = from;
+        loop {
+            let frames = dealer.recv().await.ok()?.into_vec();
+            let [.., seq, payload] = frames.as_slice() else { return None };
+            if payload.is_empty() {
+                break;
+            }
+            let seq = u64::from_be_bytes(seq.as_ref().try_into().ok()?);
+            if seq >= to {
+                continue;
+            }
+            if seq != next {
+                return None; // the start of the range is no longer buffered
+            }
+            batches.push(decode_payload(payload).ok()?);
+            next += 1;
+        }
+        (next == to).then_some(batches)
+    };
+    tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
+}

@@ -1,0 +1,162 @@
+//! `generate`: route an OpenAI request, forward it to the chosen worker, stream the answer back
+//! unchanged, and track its lifecycle — tracked on routing, prefill complete at the first
+//! response bytes, freed when the response ends, fails, or the client goes away (a guard frees
+//! on drop, so no path can leak load).
+//!
+//! A worker that cannot be reached is taken out of selection and the request is routed again
+//! (nothing was sent to the client yet, so nothing is duplicated).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, StreamExt};
+use kvroute_protocol::api::RouteQuery;
+use serde_json::Value;
+
+use super::api::{blocked, config_override, parse};
+use super::{error_response, ApiError, Shared};
+use crate::router::{Forced, ForcedWorker, RouteOptions};
+
+/// Releases a tracked request's load however its response ends.
+struct Lifecycle {
+    shared: Arc<Shared>,
+    request_id: String,
+    prefill_done: bool,
+}
+
+impl Lifecycle {
+    fn first_bytes(&mut self) {
+        if !self.prefill_done {
+            self.prefill_done = true;
+            let _ = self.shared.router().mark_prefill_complete(&self.request_id);
+        }
+    }
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        // Unknown ids are fine: the worker may have been removed (and its load with it).
+        let _ = self.shared.router().free(&self.request_id);
+        self.shared.metrics.in_flight.dec();
+    }
+}
+
+pub async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(shared, headers, body, "/v1/completions").await
+}
+
+pub async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(shared, headers, body, "/v1/chat/completions").await
+}
+
+fn forced_worker(headers: &HeaderMap) -> Result<Option<ForcedWorker>, ApiError> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("").trim().to_owned());
+    let Some(id) = header("x-worker-instance-id") else { return Ok(None) };
+    let worker_id = id
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("x-worker-instance-id must be a u64, got {id:?}")))?;
+    let dp_rank = match header("x-dp-rank") {
+        None => None,
+        Some(r) => Some(r.parse::<u32>().map_err(|_| ApiError::bad_request(format!("x-dp-rank must be a u32, got {r:?}")))?),
+    };
+    Ok(Some(ForcedWorker { worker_id, dp_rank }))
+}
+
+async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'static str) -> Response {
+    let mut value: Value = match parse(&body, "request") {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let Some(fields) = value.as_object_mut() else {
+        return error_response(StatusCode::BAD_REQUEST, "the request body must be a JSON object");
+    };
+    let needed = if path == "/v1/completions" { "prompt" } else { "messages" };
+    if !fields.contains_key(needed) {
+        return error_response(StatusCode::BAD_REQUEST, format!("{needed} is required"));
+    }
+    // The worker sees the request without the router's own fields.
+    let router_override = fields.remove("router_config_override");
+    fields.remove("kvroute");
+    let mut query: RouteQuery = match serde_json::from_value(value.clone()) {
+        Ok(q) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+    };
+    query.router_config_override = router_override;
+    query.token_ids = None; // generate scores what the worker will see: prompt or messages
+    let (request, o, forced) = match (blocked(&shared, &query), config_override(&query), forced_worker(&headers)) {
+        (Ok(r), Ok(o), Ok(f)) => (r, o, f),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
+    };
+    let forwarded = Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes"));
+
+    let attempts = shared.workers.len().clamp(1, 3);
+    for attempt in 1..=attempts {
+        let request_id = shared.request_id();
+        let options = RouteOptions { request_id: Some(&request_id), config_override: o.as_ref(), forced };
+        let routed = shared.router().best_worker(&request, options);
+        let routed = match routed {
+            Ok(r) => r,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        shared.metrics.in_flight.inc();
+        let lifecycle = Lifecycle { shared: shared.clone(), request_id, prefill_done: false };
+        let Some(worker) = shared.worker(routed.worker.worker_id) else {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "the chosen worker is not configured");
+        };
+        shared.metrics.record_decision(&routed);
+        tracing::debug!(worker = %routed.worker, overlap = routed.overlap_blocks, blocks = routed.request_blocks, cost = routed.cost, "routed");
+        let url = format!("{}{}", worker.spec.url.trim_end_matches('/'), path);
+        let sent = shared
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("X-Data-Parallel-Rank", routed.worker.dp_rank.to_string())
+            .body(forwarded.clone())
+            .send()
+            .await;
+        let upstream = match sent {
+            Ok(u) => u,
+            Err(e) => {
+                drop(lifecycle);
+                shared.mark_unhealthy(worker, &format!("request failed: {e}"));
+                if attempt == attempts {
+                    return error_response(StatusCode::BAD_GATEWAY, format!("worker {} failed: {e}", worker.worker_id));
+                }
+                continue;
+            }
+        };
+        let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = upstream.headers().get("content-type").cloned();
+        let chunks = upstream.bytes_stream();
+        let body = stream::unfold((chunks, lifecycle), |(mut chunks, mut lifecycle)| async move {
+            match chunks.next().await {
+                Some(Ok(bytes)) => {
+                    lifecycle.first_bytes();
+                    Some((Ok::<Bytes, reqwest::Error>(bytes), (chunks, lifecycle)))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "upstream stream failed");
+                    Some((Err(e), (chunks, lifecycle)))
+                }
+                None => None, // lifecycle dropped here: freed
+            }
+        });
+        let mut response = Response::new(Body::from_stream(body));
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        if let Some(ct) = content_type {
+            h.insert("content-type", ct);
+        }
+        h.insert("x-kvroute-worker", HeaderValue::from_str(&routed.worker.to_string()).expect("ascii"));
+        h.insert("x-kvroute-overlap-blocks", HeaderValue::from(routed.overlap_blocks));
+        h.insert("x-kvroute-request-blocks", HeaderValue::from(routed.request_blocks));
+        if routed.forced == Some(Forced::Ignored) {
+            h.insert("x-kvroute-forced-worker", HeaderValue::from_static("ignored"));
+        }
+        return response;
+    }
+    error_response(StatusCode::SERVICE_UNAVAILABLE, "no worker is available")
+}

@@ -1,0 +1,66 @@
+//! The local KV router's probe API (`/best_worker`, `/potential_loads`), as pinned in the
+//! team's decisions: what front doors send and what they get back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::openai::{ChatMessage, Prompt};
+
+/// A request to score: one of `token_ids`, `prompt` or `messages`. Unknown fields are ignored,
+/// so a raw OpenAI request body is a valid probe.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteQuery {
+    #[serde(default)]
+    pub token_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    pub prompt: Option<Prompt>,
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// With an id, the routed request is tracked until `free`; without, the query changes nothing.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Per-request selection settings (`overlap_score_weight`, `router_temperature`, ...).
+    #[serde(default)]
+    pub router_config_override: Option<serde_json::Value>,
+    #[serde(default)]
+    pub lora_name: Option<String>,
+    #[serde(default)]
+    pub cache_salt: Option<String>,
+}
+
+/// `POST /best_worker` answer: the worker and every figure pool selection needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestWorkerResponse {
+    pub worker_id: u64,
+    pub dp_rank: u32,
+    pub overlap_blocks: u32,
+    pub request_blocks: u32,
+    pub potential_prefill_tokens: u64,
+    pub potential_decode_blocks: u64,
+    pub cost: f64,
+}
+
+/// `POST /mark_prefill_complete` and `POST /free` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestIdBody {
+    pub request_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_openai_body_is_a_valid_query() {
+        let q: RouteQuery = serde_json::from_str(
+            r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true, "temperature": 0.2}"#,
+        )
+        .unwrap();
+        assert_eq!(q.messages.unwrap().len(), 1);
+        let q: RouteQuery = serde_json::from_str(r#"{"token_ids": [1, 2], "request_id": "r", "router_config_override": {"router_temperature": 0.5}}"#).unwrap();
+        assert_eq!(q.token_ids, Some(vec![1, 2]));
+        assert_eq!(q.request_id.as_deref(), Some("r"));
+        assert!(q.router_config_override.is_some());
+    }
+}
