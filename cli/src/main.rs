@@ -5,6 +5,7 @@
 
 mod kv_router;
 mod mocker;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,9 @@ enum Command {
     /// (best_worker, potential_loads, lifecycle, events), proxying OpenAI requests to the
     /// worker holding the most of their prefix, fed by the workers' ZMQ KV events.
     KvRouter(kv_router::KvRouterArgs),
+    /// Start a whole stack from one YAML file, in this process: per pool, N mocker workers and
+    /// their kv-router. Prints where each part listens.
+    Up(up::UpArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -39,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Mocker(args) => mocker::run(args).await,
             Command::KvRouter(args) => kv_router::run(args).await,
+            Command::Up(args) => up::run(args).await,
         }
     })
 }

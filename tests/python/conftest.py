@@ -35,3 +35,21 @@ def mocker():
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """`kvroute up` with two pools of two mockers, routers on free ports."""
+    spec = tmp_path / "stack.yaml"
+    spec.write_text(
+        "block_size: 16\n"
+        "pools:\n"
+        "  - {name: a, workers: 2, mocker: {speedup_ratio: 10}}\n"
+        "  - {name: b, workers: 2, mocker: {speedup_ratio: 10}}\n"
+    )
+    proc, ready = _spawn("up", str(spec))
+    try:
+        yield ready["up"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

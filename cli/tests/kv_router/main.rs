@@ -5,3 +5,4 @@ mod support;
 
 mod lifecycle;
 mod routing;
+mod up;

@@ -1,0 +1,171 @@
+//! `kvroute up <stack.yaml>`: a whole stack in one process — per pool, N mocker workers and the
+//! pool's kv-router — started from one YAML file, with where each part listens printed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use kvroute_kv_router::select::{KvRouterConfig, RouterMode};
+use kvroute_kv_router::service::{self, ServiceConfig, WorkerSpec};
+use kvroute_mocker::server::{self as mocker, KvEventsConfig, ServerConfig};
+use kvroute_mocker::timing::TimingModel;
+use kvroute_mocker::EngineConfig;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::kv_router::load_tokenizer;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The stack description (see examples/stack.yaml).
+    #[arg(default_value = "examples/stack.yaml")]
+    stack: PathBuf,
+}
+
+fn default_model() -> String {
+    "kvroute-mock".into()
+}
+fn default_block_size() -> u32 {
+    16
+}
+fn default_host() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StackFile {
+    #[serde(default = "default_model")]
+    model: String,
+    /// Tokens per KV block, for every mocker and router of the stack.
+    #[serde(default = "default_block_size")]
+    block_size: u32,
+    #[serde(default = "default_host")]
+    host: IpAddr,
+    tokenizer: Option<PathBuf>,
+    chat_template: Option<PathBuf>,
+    pools: Vec<PoolFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    name: String,
+    workers: u32,
+    #[serde(default)]
+    router_port: u16,
+    #[serde(default = "one")]
+    data_parallel_size: u32,
+    #[serde(default)]
+    mocker: MockerSection,
+    #[serde(default)]
+    router: RouterSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MockerSection {
+    num_gpu_blocks: Option<usize>,
+    max_num_seqs: Option<usize>,
+    max_num_batched_tokens: Option<usize>,
+    max_model_len: Option<usize>,
+    speedup_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouterSection {
+    router_mode: Option<RouterMode>,
+    router_temperature: Option<f64>,
+    #[serde(alias = "prefill_load_scale")]
+    kv_overlap_score_weight: Option<f64>,
+    overlap_score_credit: Option<f64>,
+    seed: Option<u64>,
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<StackFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let stack: StackFile = serde_yaml::from_str(&text).with_context(|| format!("{}: invalid stack file", path.display()))?;
+    if stack.pools.is_empty() {
+        bail!("{}: pools must list at least one pool", path.display());
+    }
+    for (i, p) in stack.pools.iter().enumerate() {
+        if p.workers == 0 {
+            bail!("{}: pools[{i}].workers must be > 0", path.display());
+        }
+        if p.data_parallel_size == 0 {
+            bail!("{}: pools[{i}].data_parallel_size must be > 0", path.display());
+        }
+    }
+    Ok(stack)
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let stack = load(&args.stack)?;
+    let tokenizer = Arc::new(load_tokenizer(stack.tokenizer.as_ref(), stack.chat_template.as_ref())?);
+    let mut report = Vec::new();
+    for pool in &stack.pools {
+        let defaults = EngineConfig::default();
+        let engine = EngineConfig {
+            block_size: stack.block_size as usize,
+            num_gpu_blocks: pool.mocker.num_gpu_blocks.unwrap_or(defaults.num_gpu_blocks),
+            max_num_seqs: pool.mocker.max_num_seqs.unwrap_or(defaults.max_num_seqs),
+            max_num_batched_tokens: pool.mocker.max_num_batched_tokens.unwrap_or(defaults.max_num_batched_tokens),
+            max_model_len: pool.mocker.max_model_len,
+            timing: TimingModel { speedup_ratio: pool.mocker.speedup_ratio.unwrap_or(1.0), ..TimingModel::default() },
+            ..defaults
+        };
+        let mut workers = Vec::new();
+        let mut worker_report = Vec::new();
+        for _ in 0..pool.workers {
+            let config = ServerConfig {
+                engine: engine.clone(),
+                model_name: stack.model.clone(),
+                http_addr: SocketAddr::new(stack.host, 0),
+                data_parallel_size: pool.data_parallel_size,
+                kv_events: Some(KvEventsConfig { host: stack.host.to_string(), port: 0, topic: "kv-events".into(), replay_buffer: 10_000 }),
+                default_max_tokens: 16,
+                max_body_bytes: 64 << 20,
+            };
+            let running = mocker::start(config, tokenizer.clone()).await.with_context(|| format!("starting a mocker of pool {}", pool.name))?;
+            let url = format!("http://{}", running.http_addr);
+            workers.push(WorkerSpec {
+                kv_events: running.kv_events.iter().map(|e| e.events.clone()).collect(),
+                kv_replay: running.kv_events.iter().map(|e| e.replay.clone()).collect(),
+                ..WorkerSpec::new(url.clone())
+            });
+            worker_report.push(json!({"http": url, "kv_events": running.kv_events.iter().map(|e| &e.events).collect::<Vec<_>>()}));
+        }
+        let d = KvRouterConfig::default();
+        let mut config = ServiceConfig::new(SocketAddr::new(stack.host, pool.router_port), workers);
+        config.router = KvRouterConfig {
+            block_size: stack.block_size,
+            router_mode: pool.router.router_mode.unwrap_or_default(),
+            router_temperature: pool.router.router_temperature.unwrap_or(d.router_temperature),
+            overlap_score_weight: pool.router.kv_overlap_score_weight.unwrap_or(d.overlap_score_weight),
+            overlap_score_credit: pool.router.overlap_score_credit.unwrap_or(d.overlap_score_credit),
+            ..d
+        };
+        config.seed = pool.router.seed;
+        let router = service::start(config, tokenizer.clone()).await.with_context(|| format!("starting the kv-router of pool {}", pool.name))?;
+        report.push(json!({"name": pool.name, "router": format!("http://{}", router.http_addr), "workers": worker_report}));
+    }
+    // One machine-readable line on stdout first, then a human summary on stderr.
+    println!("{}", json!({"up": {"pools": report}}));
+    eprintln!("kvroute up: {} pool(s), model {:?}, block size {}", report.len(), stack.model, stack.block_size);
+    for pool in &report {
+        eprintln!("  pool {:<14} kv-router {}", pool["name"].as_str().unwrap_or(""), pool["router"].as_str().unwrap_or(""));
+        for (i, w) in pool["workers"].as_array().into_iter().flatten().enumerate() {
+            eprintln!("    worker {i}  {}  kv events {}", w["http"].as_str().unwrap_or(""), w["kv_events"]);
+        }
+    }
+    eprintln!("Try: curl -s {}/v1/completions -H 'content-type: application/json' -d '{{\"prompt\": \"Hello\", \"max_tokens\": 8}}'", report[0]["router"].as_str().unwrap_or(""));
+    eprintln!("Ctrl-C stops everything.");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
+}
