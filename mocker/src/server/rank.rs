@@ -72,6 +72,10 @@ pub enum SubmitError {
     Stopped,
 }
 
+/// How far behind model time a rank may run and still lay its next pass right after the last
+/// one (beyond it, e.g. after idling, the next pass starts now).
+const CATCH_UP: Duration = Duration::from_millis(5);
+
 /// Start the rank's task.
 pub fn spawn(rank: u32, engine: Engine, publisher: Option<Publisher>) -> RankHandle {
     let (commands, rx) = mpsc::unbounded_channel();
@@ -88,6 +92,9 @@ async fn run(
 ) {
     let block_size = engine.config().block_size as u32;
     let mut listeners: FxHashMap<RequestId, mpsc::UnboundedSender<RankEvent>> = FxHashMap::default();
+    // When the last pass ended in model time. Passes are laid end to end from it, so the timer's
+    // millisecond granularity delays single passes but never accumulates into the schedule.
+    let mut pass_end: Option<tokio::time::Instant> = None;
     let apply = |command: Command, engine: &mut Engine, listeners: &mut FxHashMap<RequestId, mpsc::UnboundedSender<RankEvent>>| match command {
         Command::Submit { request, events, accepted } => {
             let id = request.id;
@@ -123,9 +130,11 @@ async fn run(
             continue;
         }
         let pass = engine.step();
-        if pass.duration_ms > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(pass.duration_ms / 1000.0)).await;
-        }
+        let now = tokio::time::Instant::now();
+        let start = pass_end.filter(|end| *end + CATCH_UP >= now).unwrap_or(now);
+        let end = start + Duration::from_secs_f64(pass.duration_ms / 1000.0);
+        tokio::time::sleep_until(end).await;
+        pass_end = Some(end);
         if let Some(p) = publisher.as_mut() {
             p.publish(&pass.events, block_size).await;
         }

@@ -1,0 +1,115 @@
+//! Loopback latency of the kv-router service, against baselines measured in the same run.
+//!
+//!     cargo run --release -p kvroute-cli --example bench_router [-- --requests 2000]
+//!
+//! Starts, in this process, 2 mockers (block size 16, speed-up 1000 so engine time is small)
+//! and one kv-router in front of them, then measures sequential requests on keep-alive
+//! connections:
+//! - `best_worker` with 8,192 `token_ids` (512 blocks) against a warm index, vs `GET /health`
+//!   on the same router (the HTTP stack's own floor);
+//! - `generate` (`/v1/completions`, 64-token prompt, 1 output token) through the router, vs
+//!   the same request sent to a mocker directly: the difference is the router's overhead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvroute_kv_router::select::KvRouterConfig;
+use kvroute_kv_router::service::{self, ServiceConfig, WorkerSpec};
+use kvroute_mocker::server::{self as mocker, KvEventsConfig, ServerConfig};
+use kvroute_mocker::timing::TimingModel;
+use kvroute_mocker::EngineConfig;
+use kvroute_tokenizer::Tokenizer;
+use serde_json::{json, Value};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn measure(n: usize, mut call: impl AsyncFnMut() -> ()) -> (Duration, Duration) {
+    for _ in 0..n / 10 {
+        call().await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        call().await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.iter().position(|a| a == "--requests").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let tokenizer = Arc::new(Tokenizer::builtin());
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let config = ServerConfig {
+            engine: EngineConfig { block_size: 16, timing: TimingModel { speedup_ratio: 1000.0, decode_speedup_ratio: 1.0 }, ..EngineConfig::default() },
+            model_name: "kvroute-mock".into(),
+            http_addr: "127.0.0.1:0".parse()?,
+            data_parallel_size: 1,
+            kv_events: Some(KvEventsConfig { host: "127.0.0.1".into(), port: 0, topic: "kv-events".into(), replay_buffer: 1000 }),
+            default_max_tokens: 1,
+            max_body_bytes: 64 << 20,
+        };
+        let running = mocker::start(config, tokenizer.clone()).await?;
+        workers.push(WorkerSpec { kv_events: vec![running.kv_events[0].events.clone()], ..WorkerSpec::new(format!("http://{}", running.http_addr)) });
+    }
+    let direct = workers[0].url.clone();
+    let mut config = ServiceConfig::new("127.0.0.1:0".parse::<SocketAddr>()?, workers);
+    config.router = KvRouterConfig { block_size: 16, ..KvRouterConfig::default() };
+    config.seed = Some(1);
+    let router = format!("http://{}", service::start(config, tokenizer).await?.http_addr);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
+
+    // Warm the index: the 8k prompt cached on one worker.
+    let long: Vec<u32> = (0..8192).map(|i| (i * 7 + 1) % 4000).collect();
+    client.post(format!("{router}/v1/completions")).json(&json!({"prompt": long, "max_tokens": 1})).send().await?.bytes().await?;
+    let indexed = async {
+        loop {
+            let v: Value = client.post(format!("{router}/best_worker")).json(&json!({"token_ids": long})).send().await.ok()?.json().await.ok()?;
+            if v["overlap_blocks"] == 512 {
+                return Some(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), indexed).await?.ok_or_else(|| anyhow::anyhow!("index never warmed"))?;
+
+    let probe = serde_json::to_vec(&json!({"token_ids": long}))?;
+    let (bw50, bw99) = measure(n, async || {
+        client.post(format!("{router}/best_worker")).header("content-type", "application/json").body(probe.clone()).send().await.unwrap().bytes().await.unwrap();
+    })
+    .await;
+    let (h50, h99) = measure(n, async || {
+        client.get(format!("{router}/health")).send().await.unwrap().bytes().await.unwrap();
+    })
+    .await;
+    let short: Vec<u32> = (0..64).collect();
+    let body = serde_json::to_vec(&json!({"prompt": short, "max_tokens": 1}))?;
+    let (m50, m99) = measure(n, async || {
+        client.post(format!("{direct}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
+    })
+    .await;
+    let (g50, g99) = measure(n, async || {
+        client.post(format!("{router}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
+    })
+    .await;
+    println!("requests per figure: {n} (sequential, keep-alive, loopback)");
+    println!("{:<52} {:>10} {:>10}", "", "p50 µs", "p99 µs");
+    println!("{:<52} {:>10.1} {:>10.1}", "router GET /health (HTTP floor)", us(h50), us(h99));
+    println!("{:<52} {:>10.1} {:>10.1}", "router POST /best_worker, 8,192 token_ids", us(bw50), us(bw99));
+    println!("{:<52} {:>10.1} {:>10.1}", "mocker /v1/completions direct (64 tokens, 1 out)", us(m50), us(m99));
+    println!("{:<52} {:>10.1} {:>10.1}", "same through the kv-router", us(g50), us(g99));
+    println!("best_worker above the HTTP floor, p50: {:.1} µs", us(bw50) - us(h50));
+    println!("generate overhead (router − direct), p50: {:.1} µs = {:.2}× direct", us(g50) - us(m50), us(g50) / us(m50));
+    Ok(())
+}
