@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             kv_events: Some(KvEventsConfig { host: "127.0.0.1".into(), port: 0, topic: "kv-events".into(), replay_buffer: 1000 }),
             default_max_tokens: 1,
             max_body_bytes: 64 << 20,
+            kv_events_http: None,
         };
         let running = mocker::start(config, tokenizer.clone()).await?;
         workers.push(WorkerSpec { kv_events: vec![running.kv_events[0].events.clone()], ..WorkerSpec::new(format!("http://{}", running.http_addr)) });

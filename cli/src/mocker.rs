@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use kvroute_mocker::server::{self, KvEventsConfig, ServerConfig};
+use kvroute_mocker::server::{self, HttpPushConfig, KvEventsConfig, ServerConfig};
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
 use kvroute_tokenizer::{ChatTemplate, Tokenizer};
@@ -65,6 +65,12 @@ pub struct MockerArgs {
     /// Do not publish KV events.
     #[arg(long, env = "KVROUTE_NO_KV_EVENTS")]
     no_kv_events: bool,
+    /// Also push KV events as Dynamo JSON to this kv-router (POST <URL>/events).
+    #[arg(long, env = "KVROUTE_KV_EVENTS_HTTP_URL", requires = "worker_id")]
+    kv_events_http_url: Option<String>,
+    /// This worker's id in that router's configuration (for --kv-events-http-url).
+    #[arg(long, env = "KVROUTE_WORKER_ID")]
+    worker_id: Option<u64>,
     /// HF tokenizer.json to use (default: the small BPE tokenizer built into kvroute).
     #[arg(long, env = "KVROUTE_TOKENIZER")]
     tokenizer: Option<PathBuf>,
@@ -103,6 +109,7 @@ impl MockerArgs {
             }),
             default_max_tokens: self.default_max_tokens,
             max_body_bytes: self.max_body_bytes,
+            kv_events_http: self.kv_events_http_url.clone().map(|url| HttpPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
         }
     }
 

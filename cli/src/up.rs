@@ -131,6 +131,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 kv_events: Some(KvEventsConfig { host: stack.host.to_string(), port: 0, topic: "kv-events".into(), replay_buffer: 10_000 }),
                 default_max_tokens: 16,
                 max_body_bytes: 64 << 20,
+                kv_events_http: None,
             };
             let running = mocker::start(config, tokenizer.clone()).await.with_context(|| format!("starting a mocker of pool {}", pool.name))?;
             let url = format!("http://{}", running.http_addr);

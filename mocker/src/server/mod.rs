@@ -11,6 +11,7 @@
 //! timestamps); the engine core below it may not.
 #![allow(clippy::disallowed_methods)]
 
+pub mod http_push;
 mod metrics;
 mod openai;
 pub mod publisher;
@@ -53,6 +54,17 @@ pub struct ServerConfig {
     pub default_max_tokens: u32,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Also push KV events in Dynamo's JSON form to this router (`POST <url>/events`).
+    pub kv_events_http: Option<HttpPushConfig>,
+}
+
+/// Dynamo-JSON KV events over HTTP to a router.
+#[derive(Clone, Debug)]
+pub struct HttpPushConfig {
+    /// The router's base URL.
+    pub url: String,
+    /// This worker's id in that router's configuration.
+    pub worker_id: u64,
 }
 
 /// ZMQ KV-event publishing (vLLM's `--kv-events-config` equivalent).
@@ -124,7 +136,10 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
                 Some(p)
             }
         };
-        ranks.push(rank::spawn(r, Engine::new(config.engine.clone()), publisher));
+        let push = config.kv_events_http.as_ref().filter(|_| config.engine.enable_prefix_caching).map(|h| {
+            http_push::spawn(h.url.clone(), kvroute_protocol::Worker::new(h.worker_id, r))
+        });
+        ranks.push(rank::spawn(r, Engine::new(config.engine.clone()), publisher, push));
     }
     let listener =
         TcpListener::bind(config.http_addr).await.map_err(|source| StartError::Http { addr: config.http_addr, source })?;

@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use super::publisher::Publisher;
+use crate::block_pool::CacheEvent;
 use crate::engine::{EngineStats, RejectError, RequestId, TokenOutput};
 use crate::{Engine, EngineRequest};
 
@@ -77,10 +78,15 @@ pub enum SubmitError {
 const CATCH_UP: Duration = Duration::from_millis(5);
 
 /// Start the rank's task.
-pub fn spawn(rank: u32, engine: Engine, publisher: Option<Publisher>) -> RankHandle {
+pub fn spawn(
+    rank: u32,
+    engine: Engine,
+    publisher: Option<Publisher>,
+    http_push: Option<mpsc::UnboundedSender<Vec<CacheEvent>>>,
+) -> RankHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(engine.stats()));
-    tokio::spawn(run(engine, rx, publisher, stats.clone()));
+    tokio::spawn(run(engine, rx, publisher, http_push, stats.clone()));
     RankHandle { rank, commands, stats }
 }
 
@@ -88,6 +94,7 @@ async fn run(
     mut engine: Engine,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut publisher: Option<Publisher>,
+    http_push: Option<mpsc::UnboundedSender<Vec<CacheEvent>>>,
     stats: Arc<Mutex<EngineStats>>,
 ) {
     let block_size = engine.config().block_size as u32;
@@ -137,6 +144,9 @@ async fn run(
         pass_end = Some(end);
         if let Some(p) = publisher.as_mut() {
             p.publish(&pass.events, block_size).await;
+        }
+        if let Some(push) = http_push.as_ref().filter(|_| !pass.events.is_empty()) {
+            let _ = push.send(pass.events.clone());
         }
         for admission in &pass.admitted {
             if let Some(l) = listeners.get(&admission.request) {
