@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod gaps;
 mod http_events;
 mod lifecycle;
 mod routing;

@@ -199,3 +199,27 @@ async fn each_dp_rank_has_its_own_cache_and_tags_its_events() {
     let v: Value = client.get(format!("{}/debug/kv_blocks", m.http())).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["ranks"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn resetting_the_prefix_cache_is_published_as_cleared() {
+    let m = support::mocker(&["--block-size", "16"]);
+    let client = reqwest::Client::new();
+    let mut log = EventLog::connect(&m.kv_events(0), &m.kv_replay(0)).await;
+    let prompt: Vec<u32> = (0..100).collect();
+    client.post(format!("{}/v1/completions", m.http())).json(&json!({"prompt": prompt, "max_tokens": 1})).send().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.mirror().len() < 6 && std::time::Instant::now() < deadline {
+        log.pump(Duration::from_millis(100)).await;
+    }
+    assert_eq!(log.mirror().len(), 6);
+    let r = client.post(format!("{}/reset_prefix_cache", m.http())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log.mirror().is_empty() && std::time::Instant::now() < deadline {
+        log.pump(Duration::from_millis(100)).await;
+    }
+    assert!(log.mirror().is_empty());
+    let cleared = log.batches.iter().flat_map(|(_, b)| &b.events).any(|e| matches!(e, EngineEvent::AllBlocksCleared));
+    assert!(cleared, "an idle engine's reset is one AllBlocksCleared");
+    assert!(cached_blocks(&client, &m.http()).await.is_empty());
+}

@@ -1,7 +1,7 @@
 //! The mocker's OpenAI-compatible HTTP server: a thin shell over one [`Engine`] per dp rank.
 //!
 //! `POST /v1/completions` and `/v1/chat/completions` (streaming SSE or not, `usage` with cached
-//! prompt tokens), `GET /v1/models`, `/health`, `/metrics`, `/debug/kv_blocks` (the cached
+//! prompt tokens), `POST /reset_prefix_cache`, `GET /v1/models`, `/health`, `/metrics`, `/debug/kv_blocks` (the cached
 //! blocks per rank, for checking KV events against). Requests are tokenized with the
 //! shared tokenizer (and chat template), queued on a rank (`X-Data-Parallel-Rank`, else the
 //! least busy), and answered as the rank's passes produce tokens. KV events go out on each
@@ -159,6 +159,7 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/metrics", get(metrics))
         .route("/debug/kv_blocks", get(kv_blocks))
+        .route("/reset_prefix_cache", post(reset_prefix_cache))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state);
     tokio::spawn(async move {
@@ -207,6 +208,14 @@ async fn kv_blocks(State(state): State<Arc<AppState>>) -> Response {
         }
     }
     Json(serde_json::json!({"ranks": ranks})).into_response()
+}
+
+/// Drop every cached block no request uses, on every rank (vLLM's endpoint of the same name).
+async fn reset_prefix_cache(State(state): State<Arc<AppState>>) -> StatusCode {
+    for rank in &state.ranks {
+        rank.reset_prefix_cache();
+    }
+    StatusCode::OK
 }
 
 async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -85,8 +85,22 @@ impl Publisher {
 
     /// Publish one pass's events (nothing when the pass did not change the cache).
     pub async fn publish(&mut self, events: &[CacheEvent], block_size: u32) {
+        if let Some((seq, payload)) = self.record(events, block_size) {
+            self.send(seq, payload).await;
+        }
+    }
+
+    /// Fault injection for tests: number and buffer a message for replay but do not send it,
+    /// as if it were lost on the wire.
+    #[doc(hidden)]
+    pub fn publish_lost(&mut self, events: &[CacheEvent], block_size: u32) {
+        self.record(events, block_size);
+    }
+
+    /// Number the batch and keep it for replay.
+    fn record(&mut self, events: &[CacheEvent], block_size: u32) -> Option<(u64, Bytes)> {
         if events.is_empty() {
-            return;
+            return None;
         }
         let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let batch = EventBatch {
@@ -104,6 +118,10 @@ impl Publisher {
                 ring.pop_front();
             }
         }
+        Some((seq, payload))
+    }
+
+    async fn send(&mut self, seq: u64, payload: Bytes) {
         let mut message = ZmqMessage::from(self.topic.clone());
         message.push_back(Bytes::copy_from_slice(&seq.to_be_bytes()));
         message.push_back(payload);

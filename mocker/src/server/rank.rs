@@ -25,6 +25,7 @@ enum Command {
     Submit { request: EngineRequest, events: mpsc::UnboundedSender<RankEvent>, accepted: tokio::sync::oneshot::Sender<Result<(), RejectError>> },
     Cancel(RequestId),
     CachedBlocks(tokio::sync::oneshot::Sender<Vec<u64>>),
+    ResetPrefixCache,
 }
 
 /// The handle the HTTP handlers use to reach one rank.
@@ -58,6 +59,11 @@ impl RankHandle {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands.send(Command::CachedBlocks(tx)).map_err(|_| SubmitError::Stopped)?;
         rx.await.map_err(|_| SubmitError::Stopped)
+    }
+
+    /// Drop every cached block no request uses (vLLM's `/reset_prefix_cache`).
+    pub fn reset_prefix_cache(&self) {
+        let _ = self.commands.send(Command::ResetPrefixCache);
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -102,7 +108,11 @@ async fn run(
     // When the last pass ended in model time. Passes are laid end to end from it, so the timer's
     // millisecond granularity delays single passes but never accumulates into the schedule.
     let mut pass_end: Option<tokio::time::Instant> = None;
-    let apply = |command: Command, engine: &mut Engine, listeners: &mut FxHashMap<RequestId, mpsc::UnboundedSender<RankEvent>>| match command {
+    let mut pending_events: Vec<CacheEvent> = Vec::new();
+    let apply = |command: Command,
+                 engine: &mut Engine,
+                 listeners: &mut FxHashMap<RequestId, mpsc::UnboundedSender<RankEvent>>,
+                 pending_events: &mut Vec<CacheEvent>| match command {
         Command::Submit { request, events, accepted } => {
             let id = request.id;
             let verdict = engine.add(request);
@@ -121,17 +131,27 @@ async fn run(
             blocks.sort_unstable();
             let _ = reply.send(blocks);
         }
+        Command::ResetPrefixCache => pending_events.extend(engine.reset_prefix_cache()),
     };
     loop {
         if !engine.has_work() {
             *stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats();
             match commands.recv().await {
-                Some(command) => apply(command, &mut engine, &mut listeners),
+                Some(command) => apply(command, &mut engine, &mut listeners, &mut pending_events),
                 None => return,
             }
         }
         while let Ok(command) = commands.try_recv() {
-            apply(command, &mut engine, &mut listeners);
+            apply(command, &mut engine, &mut listeners, &mut pending_events);
+        }
+        if !pending_events.is_empty() {
+            let events = std::mem::take(&mut pending_events);
+            if let Some(p) = publisher.as_mut() {
+                p.publish(&events, block_size).await;
+            }
+            if let Some(push) = http_push.as_ref() {
+                let _ = push.send(events);
+            }
         }
         if !engine.has_work() {
             continue;
