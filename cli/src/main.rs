@@ -3,6 +3,7 @@
 //! Flags are parsed by clap (each also readable from a `KVROUTE_*` environment variable), then
 //! turned into the component's typed configuration, which the component validates.
 
+mod global_router;
 mod kv_router;
 mod mocker;
 mod up;
@@ -25,6 +26,10 @@ enum Command {
     /// (best_worker, potential_loads, lifecycle, events), proxying OpenAI requests to the
     /// worker holding the most of their prefix, fed by the workers' ZMQ KV events.
     KvRouter(kv_router::KvRouterArgs),
+    /// Run the global router: picks the pool (router group) for each request by a pool-select
+    /// policy (KV overlap probed from every group, grid, weights, least loaded), forwards it,
+    /// streams the answer back, and retries on the next pool when one fails before answering.
+    GlobalRouter(global_router::GlobalRouterArgs),
     /// Start a whole stack from one YAML file, in this process: per pool, N mocker workers and
     /// their kv-router. Prints where each part listens.
     Up(up::UpArgs),
@@ -45,6 +50,7 @@ fn main() -> anyhow::Result<()> {
             Command::Mocker(args) => mocker::run(args).await,
             Command::KvRouter(args) => kv_router::run(args).await,
             Command::Up(args) => up::run(args).await,
+            Command::GlobalRouter(args) => global_router::run(args).await,
         }
     })
 }

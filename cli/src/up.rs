@@ -13,7 +13,8 @@ use kvroute_mocker::server::{self as mocker, KvEventsConfig, ServerConfig};
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
 use serde::Deserialize;
-use serde_json::json;
+use kvroute_global_router::{GlobalRouterConfig, PoolEntry};
+use serde_json::{json, Value};
 
 use crate::kv_router::load_tokenizer;
 
@@ -36,6 +37,9 @@ fn default_host() -> IpAddr {
 fn one() -> u32 {
     1
 }
+fn one_f64() -> f64 {
+    1.0
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +54,19 @@ struct StackFile {
     tokenizer: Option<PathBuf>,
     chat_template: Option<PathBuf>,
     pools: Vec<PoolFile>,
+    /// A global router in front of the pools' routers (optional).
+    global_router: Option<GlobalSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GlobalSection {
+    #[serde(default)]
+    http_port: u16,
+    #[serde(default)]
+    policy: kvroute_pool_select::Policy,
+    probe_timeout_ms: Option<u64>,
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +74,13 @@ struct StackFile {
 struct PoolFile {
     name: String,
     workers: u32,
+    /// For the global router's pool choice (see pool-select).
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default = "one_f64")]
+    weight: f64,
     #[serde(default)]
     router_port: u16,
     #[serde(default = "one")]
@@ -156,8 +180,37 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let router = service::start(config, tokenizer.clone()).await.with_context(|| format!("starting the kv-router of pool {}", pool.name))?;
         report.push(json!({"name": pool.name, "router": format!("http://{}", router.http_addr), "workers": worker_report}));
     }
+    let mut global = Value::Null;
+    if let Some(g) = &stack.global_router {
+        let config = GlobalRouterConfig {
+            host: stack.host,
+            http_port: g.http_port,
+            pools: stack
+                .pools
+                .iter()
+                .zip(&report)
+                .map(|(p, r)| PoolEntry {
+                    name: p.name.clone(),
+                    routers: vec![r["router"].as_str().unwrap_or_default().to_owned()],
+                    model: p.model.clone(),
+                    priority: p.priority,
+                    weight: p.weight,
+                    limits: None,
+                })
+                .collect(),
+            policy: g.policy.clone(),
+            probe_timeout_ms: g.probe_timeout_ms.unwrap_or(100),
+            health_interval_ms: 1000,
+            forward_worker: false,
+            max_body_bytes: 64 << 20,
+            seed: g.seed,
+        };
+        config.validate().with_context(|| format!("{}: global_router", args.stack.display()))?;
+        let running = kvroute_global_router::start(config, tokenizer.clone()).await.context("starting the global router")?;
+        global = json!(format!("http://{}", running.http_addr));
+    }
     // One machine-readable line on stdout first, then a human summary on stderr.
-    println!("{}", json!({"up": {"pools": report}}));
+    println!("{}", json!({"up": {"pools": report, "global_router": global}}));
     eprintln!("kvroute up: {} pool(s), model {:?}, block size {}", report.len(), stack.model, stack.block_size);
     for pool in &report {
         eprintln!("  pool {:<14} kv-router {}", pool["name"].as_str().unwrap_or(""), pool["router"].as_str().unwrap_or(""));
@@ -165,7 +218,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             eprintln!("    worker {i}  {}  kv events {}", w["http"].as_str().unwrap_or(""), w["kv_events"]);
         }
     }
-    eprintln!("Try: curl -s {}/v1/completions -H 'content-type: application/json' -d '{{\"prompt\": \"Hello\", \"max_tokens\": 8}}'", report[0]["router"].as_str().unwrap_or(""));
+    if let Some(g) = global.as_str() {
+        eprintln!("  global router         {g}  (chooses the pool, then the pool's router the worker)");
+    }
+    let entry = global.as_str().or(report[0]["router"].as_str()).unwrap_or("");
+    eprintln!("Try: curl -s {}/v1/completions -H 'content-type: application/json' -d '{{\"prompt\": \"Hello\", \"max_tokens\": 8}}'", entry);
     eprintln!("Ctrl-C stops everything.");
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     Ok(())

@@ -46,6 +46,7 @@ def stack(tmp_path):
         "pools:\n"
         "  - {name: a, workers: 2, mocker: {speedup_ratio: 10}}\n"
         "  - {name: b, workers: 2, mocker: {speedup_ratio: 10}}\n"
+        "global_router: {http_port: 0, policy: {type: kv_overlap, block_size: 16}}\n"
     )
     proc, ready = _spawn("up", str(spec))
     try:

@@ -34,3 +34,18 @@ def test_repeated_prompt_is_served_from_cache_through_the_router(stack):
         time.sleep(0.05)
     assert again.headers["x-kvroute-worker"] == worker
     assert again.parse().usage.prompt_tokens_details.cached_tokens == 784
+
+
+def test_openai_client_streams_through_the_global_router(stack):
+    client = openai.OpenAI(base_url=f"{stack['global_router']}/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="kvroute-mock",
+        messages=[{"role": "user", "content": "Which pool am I in?"}],
+        max_tokens=4,
+        stream=True,
+    )
+    assert raw.headers["x-kvroute-pool"] in ("a", "b")
+    assert raw.headers["x-kvroute-reason"].startswith("kv_overlap")
+    chunks = [c for c in raw.parse() if c.choices]
+    assert len(chunks) == 4
+    assert chunks[-1].choices[0].finish_reason == "length"

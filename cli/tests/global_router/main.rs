@@ -1,0 +1,127 @@
+//! End-to-end tests of `kvroute global-router`: 2 pools × 2 mockers behind kv-routers behind
+//! the global router, all real processes on loopback.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::Process;
+
+struct Stack {
+    _mockers: Vec<Process>,
+    routers: Vec<Process>,
+    global: Process,
+    client: reqwest::Client,
+    _dir: std::path::PathBuf,
+}
+
+impl Stack {
+    fn new(policy: &str) -> Stack {
+        let mut mockers = Vec::new();
+        let mut routers = Vec::new();
+        for _pool in 0..2 {
+            let pair: Vec<Process> = (0..2).map(|_| support::mocker(&["--block-size", "16", "--speedup-ratio", "10"])).collect();
+            let refs: Vec<&Process> = pair.iter().collect();
+            routers.push(support::kv_router(&refs, &["--block-size", "16"]));
+            mockers.extend(pair);
+        }
+        let dir = std::env::temp_dir().join(format!("kvroute-global-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("global.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "http_port: 0\nhealth_interval_ms: 200\nprobe_timeout_ms: 200\nseed: 3\npools:\n  - {{name: a, routers: ['{}']}}\n  - {{name: b, routers: ['{}']}}\npolicy: {policy}\n",
+                routers[0].router_http(),
+                routers[1].router_http()
+            ),
+        )
+        .unwrap();
+        let global = support::spawn(&["global-router", "--config", config.to_str().unwrap()]);
+        Stack { _mockers: mockers, routers, global, client: reqwest::Client::new(), _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.global.ready["global_router"]["http"].as_str().unwrap(), path)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+}
+
+fn prompt(salt: u32) -> Vec<u32> {
+    (0..1024).map(|i| (i * 17 + salt * 7919) % 4000 + 3).collect()
+}
+
+#[tokio::test]
+async fn a_prefix_served_by_pool_b_goes_to_pool_b_again() {
+    let stack = Stack::new("{type: kv_overlap, block_size: 16}");
+    let p = prompt(1);
+    // Served by pool b directly, so b's workers cache it.
+    let r = stack.client.post(format!("{}/v1/completions", stack.routers[1].router_http())).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
+    r.bytes().await.unwrap();
+    let landed = support::eventually(Duration::from_secs(10), || async {
+        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": p, "max_tokens": 1})).send().await.ok()?;
+        let pool = r.headers().get("x-kvroute-pool")?.to_str().ok()?.to_owned();
+        let reason = r.headers().get("x-kvroute-reason")?.to_str().ok()?.to_owned();
+        let body: Value = r.json().await.ok()?;
+        (body["usage"]["prompt_tokens_details"]["cached_tokens"] == 1008).then_some((pool, reason))
+    })
+    .await;
+    let (pool, reason) = landed.expect("the global router sent the prompt to the pool that cached it");
+    assert_eq!(pool, "b");
+    assert!(reason.starts_with("kv_overlap"), "{reason}");
+    let metrics = stack.client.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"kvroute_global_decisions_total{policy="kv_overlap",pool="b"}"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn with_pool_b_down_every_request_still_succeeds_on_pool_a() {
+    let mut stack = Stack::new("{type: round_robin}");
+    stack.routers[1].kill();
+    let mut pools = Vec::new();
+    for salt in 0..30 {
+        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt(100 + salt), "max_tokens": 2})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "request {salt}: {}", r.text().await.unwrap());
+        pools.push(r.headers()["x-kvroute-pool"].to_str().unwrap().to_owned());
+        r.bytes().await.unwrap();
+    }
+    assert!(pools.iter().all(|p| p == "a"), "{pools:?}");
+    let state: Value = stack.client.get(stack.url("/pools")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(state["pools"][1]["healthy"], false, "{state}");
+}
+
+#[tokio::test]
+async fn models_are_merged_and_bad_requests_are_refused() {
+    let stack = Stack::new("{type: least_loaded}");
+    let models: Value = stack.client.get(stack.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
+    let bad = stack.client.post(stack.url("/v1/completions")).body("{oops").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let bad_header = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .header("x-kvroute-priority", "high")
+        .json(&json!({"prompt": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_header.status().as_u16(), 400);
+    let err: Value = bad_header.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("x-kvroute-priority"));
+}
+
+#[test]
+fn a_bad_config_is_rejected_at_start_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("kvroute-global-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("global.yaml");
+    std::fs::write(&config, "pools:\n  - {name: a, routers: ['http://x:1'], weight: -1}\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvroute")).args(["global-router", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pools[0].weight"), "{stderr}");
+}

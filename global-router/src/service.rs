@@ -1,0 +1,372 @@
+//! The global router's HTTP service: OpenAI endpoints through the phases parse → probe →
+//! decide → forward → retry-before-first-byte → log, plus `/v1/models` (merged over pools),
+//! `/pools` (live state), `/health` and `/metrics`. Errors become OpenAI-style JSON in one
+//! place ([`GlobalError`]).
+#![allow(clippy::disallowed_methods)] // the I/O edge may read clocks
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use kvroute_pool_select::{BestWorkerResponse, Decision, Policy, PoolState, RequestFeatures, Selector};
+use kvroute_protocol::openai::{ErrorBody, Prompt};
+use kvroute_tokenizer::Tokenizer;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::config::GlobalRouterConfig;
+use crate::metrics::Metrics;
+
+/// Where a started global router listens.
+#[derive(Clone, Debug)]
+pub struct RunningGlobalRouter {
+    pub http_addr: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid global router configuration: {0}")]
+    Config(#[from] kvroute_pool_select::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A refused or failed request; the only place errors become responses.
+#[derive(Debug)]
+struct GlobalError {
+    status: StatusCode,
+    message: String,
+}
+
+impl GlobalError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        GlobalError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl IntoResponse for GlobalError {
+    fn into_response(self) -> Response {
+        let kind = if self.status.is_server_error() { "service_unavailable" } else { "invalid_request_error" };
+        (self.status, Json(ErrorBody::new(self.status.as_u16(), kind, self.message))).into_response()
+    }
+}
+
+/// One kv-router replica of a pool's router group.
+pub(crate) struct Replica {
+    pub url: String,
+    pub healthy: AtomicBool,
+}
+
+/// One pool at run time.
+pub(crate) struct PoolRuntime {
+    pub name: String,
+    pub replicas: Vec<Replica>,
+    pub in_flight: AtomicU64,
+    next_replica: AtomicUsize,
+}
+
+impl PoolRuntime {
+    pub fn healthy(&self) -> bool {
+        self.replicas.iter().any(|r| r.healthy.load(Ordering::Relaxed))
+    }
+
+    /// A healthy replica, in turn (any replica if none is known healthy).
+    fn replica(&self) -> &Replica {
+        let n = self.replicas.len();
+        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|k| &self.replicas[(start + k) % n]).find(|r| r.healthy.load(Ordering::Relaxed)).unwrap_or(&self.replicas[start % n])
+    }
+}
+
+pub(crate) struct Shared {
+    pub config: GlobalRouterConfig,
+    selector: Mutex<Selector<SmallRng>>,
+    pub pools: Vec<PoolRuntime>,
+    pub http: reqwest::Client,
+    pub metrics: Metrics,
+    tokenizer: Arc<Tokenizer>,
+    needs_isl: bool,
+}
+
+/// Start health checks and the HTTP server; returns once it listens.
+pub async fn start(config: GlobalRouterConfig, tokenizer: Arc<Tokenizer>) -> Result<RunningGlobalRouter, StartError> {
+    config.validate()?;
+    let seed = config.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
+    let selector = Selector::new(config.select_config(), SmallRng::seed_from_u64(seed))?;
+    let pools = config
+        .pools
+        .iter()
+        .map(|p| PoolRuntime {
+            name: p.name.clone(),
+            replicas: p.routers.iter().map(|u| Replica { url: u.trim_end_matches('/').to_owned(), healthy: AtomicBool::new(true) }).collect(),
+            in_flight: AtomicU64::new(0),
+            next_replica: AtomicUsize::new(0),
+        })
+        .collect();
+    let addr = config.http_addr();
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Http { addr, source })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr, source })?;
+    let shared = Arc::new(Shared {
+        needs_isl: matches!(config.policy, Policy::Grid(_)),
+        selector: Mutex::new(selector),
+        pools,
+        http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client builds"),
+        metrics: Metrics::new(),
+        tokenizer,
+        config,
+    });
+    tokio::spawn(crate::health::run(shared.clone()));
+    let app = Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/pools", get(pools_state))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(shared.config.max_body_bytes))
+        .with_state(shared);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "global router HTTP server stopped");
+        }
+    });
+    Ok(RunningGlobalRouter { http_addr })
+}
+
+async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    route(shared, headers, body, "/v1/completions").await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    route(shared, headers, body, "/v1/chat/completions").await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Phase 1, parse: the body to forward (without the `kvroute` object) and the request's features.
+fn parse(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(Bytes, RequestFeatures), GlobalError> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
+    let fields = value.as_object_mut().ok_or_else(|| GlobalError::bad_request("the request body must be a JSON object"))?;
+    let from_body = fields.remove("kvroute").unwrap_or(Value::Null);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
+    let number = |name: &str, key: &str| -> Result<Option<f64>, GlobalError> {
+        match header(name) {
+            Some(v) => v.parse::<f64>().map(Some).map_err(|_| GlobalError::bad_request(format!("{name} must be a number, got {v:?}"))),
+            None => Ok(from_body[key].as_f64()),
+        }
+    };
+    let priority = match header("x-kvroute-priority") {
+        Some(v) => Some(v.parse::<i64>().map_err(|_| GlobalError::bad_request(format!("x-kvroute-priority must be an integer, got {v:?}")))?),
+        None => from_body["priority"].as_i64(),
+    };
+    let isl_tokens = if shared.needs_isl { prompt_tokens(shared, fields) } else { 0 };
+    let features = RequestFeatures {
+        model: fields.get("model").and_then(Value::as_str).map(str::to_owned),
+        isl_tokens,
+        ttft_target_ms: number("x-kvroute-ttft-target-ms", "ttft_target_ms")?,
+        itl_target_ms: number("x-kvroute-itl-target-ms", "itl_target_ms")?,
+        priority,
+    };
+    let forwarded = Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes"));
+    Ok((forwarded, features))
+}
+
+/// The prompt's length in tokens, with the shared tokenizer (only policies that use it pay).
+fn prompt_tokens(shared: &Shared, fields: &serde_json::Map<String, Value>) -> u64 {
+    if let Some(prompt) = fields.get("prompt").and_then(|p| serde_json::from_value::<Prompt>(p.clone()).ok()) {
+        return match prompt {
+            Prompt::Tokens(ids) => ids.len() as u64,
+            Prompt::Text(text) => shared.tokenizer.encode(&text).map_or(0, |ids| ids.len() as u64),
+        };
+    }
+    let Some(messages) = fields.get("messages").and_then(|m| serde_json::from_value(m.clone()).ok()) else { return 0 };
+    let messages: Vec<kvroute_protocol::openai::ChatMessage> = messages;
+    shared
+        .tokenizer
+        .apply_chat_template(&messages, true)
+        .ok()
+        .and_then(|t| shared.tokenizer.encode(&t).ok())
+        .map_or(0, |ids| ids.len() as u64)
+}
+
+/// Phase 2, probe: every healthy pool's group, in parallel, query-only, bounded by the timeout.
+async fn probe(shared: &Shared, body: &Bytes) -> Vec<Option<BestWorkerResponse>> {
+    let timeout = shared.config.probe_timeout();
+    let calls = shared.pools.iter().map(|pool| async move {
+        if !pool.healthy() {
+            return None;
+        }
+        let replica = pool.replica();
+        let started = Instant::now();
+        let answer = async {
+            let r = shared.http.post(format!("{}/best_worker", replica.url)).header("content-type", "application/json").body(body.clone()).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json::<BestWorkerResponse>().await.ok()
+        };
+        let result = tokio::time::timeout(timeout, answer).await.ok().flatten();
+        shared.metrics.probe_latency.observe(started.elapsed().as_secs_f64());
+        if result.is_none() {
+            shared.metrics.probe_failures.with_label_values(&[&pool.name]).inc();
+        }
+        result
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Counts a request against its pool until the response ends, however it ends.
+struct InFlight {
+    shared: Arc<Shared>,
+    pool: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.pools[self.pool].in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn route(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'static str) -> Result<Response, GlobalError> {
+    let (forwarded, features) = parse(&shared, &headers, &body)?;
+    let needs_probes = shared.selector.lock().unwrap_or_else(|e| e.into_inner()).needs_probes();
+    let probes = if needs_probes { probe(&shared, &forwarded).await } else { vec![None; shared.pools.len()] };
+    let states: Vec<PoolState> = shared
+        .pools
+        .iter()
+        .map(|p| PoolState { healthy: p.healthy(), in_flight: p.in_flight.load(Ordering::Relaxed) })
+        .collect();
+    let probe_refs: Vec<Option<&BestWorkerResponse>> = probes.iter().map(Option::as_ref).collect();
+    // Phase 3, decide.
+    let decision = shared.selector.lock().unwrap_or_else(|e| e.into_inner()).decide(&features, &states, &probe_refs);
+    let decision = decision.map_err(|e| GlobalError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() })?;
+    shared.metrics.decisions.with_label_values(&[&decision.pool_name, decision.reason.policy]).inc();
+    tracing::debug!(pool = %decision.pool_name, reason = %decision.reason, "pool chosen");
+
+    // Phases 4 and 5: forward, retrying on the next pool while nothing was sent back.
+    let order: Vec<usize> = std::iter::once(decision.pool).chain(decision.fallbacks.iter().copied()).collect();
+    let mut last_error = String::new();
+    for (attempt, &pool) in order.iter().enumerate() {
+        if attempt > 0 {
+            shared.metrics.retries.with_label_values(&[&shared.pools[pool].name]).inc();
+        }
+        match forward(&shared, pool, &decision, probes[pool].as_ref(), &forwarded, path).await {
+            Ok(response) => return Ok(response),
+            Err(e) => {
+                tracing::warn!(pool = %shared.pools[pool].name, error = %e, "pool failed before the first byte; trying the next");
+                last_error = e;
+            }
+        }
+    }
+    Err(GlobalError { status: StatusCode::BAD_GATEWAY, message: format!("every eligible pool failed; last: {last_error}") })
+}
+
+/// Forward to one pool. `Err` only before any byte of the answer was passed on.
+async fn forward(
+    shared: &Arc<Shared>,
+    pool: usize,
+    decision: &Decision,
+    probe: Option<&BestWorkerResponse>,
+    body: &Bytes,
+    path: &str,
+) -> Result<Response, String> {
+    let runtime = &shared.pools[pool];
+    let replica = runtime.replica();
+    let mut request = shared.http.post(format!("{}{path}", replica.url)).header("content-type", "application/json").body(body.clone());
+    if let (true, Some(p), true) = (shared.config.forward_worker, probe, pool == decision.pool) {
+        request = request.header("x-worker-instance-id", p.worker_id.to_string()).header("x-dp-rank", p.dp_rank.to_string());
+    }
+    if let Some(d) = &decision.disaggregated {
+        request = request.header("x-kvroute-prefill-pool", &d.prefill_pool_name).header("x-kvroute-decode-pool", &d.decode_pool_name);
+    }
+    runtime.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight { shared: shared.clone(), pool };
+    let upstream = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            replica.healthy.store(false, Ordering::Relaxed);
+            return Err(format!("{}: {e}", replica.url));
+        }
+    };
+    if upstream.status().is_server_error() {
+        return Err(format!("{} answered {}", replica.url, upstream.status()));
+    }
+    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let passed: Vec<(String, HeaderValue)> = upstream
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str() == "content-type" || k.as_str().starts_with("x-kvroute-"))
+        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+        .collect();
+    let stream = upstream.bytes_stream().map(move |chunk| {
+        let _ = &guard; // the guard lives as long as the body
+        chunk
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    for (k, v) in passed {
+        if let Ok(name) = axum::http::HeaderName::from_bytes(k.as_bytes()) {
+            h.insert(name, v);
+        }
+    }
+    h.insert("x-kvroute-pool", HeaderValue::from_str(&runtime.name).map_err(|e| e.to_string())?);
+    h.insert("x-kvroute-reason", HeaderValue::from_str(&decision.reason.summary).unwrap_or(HeaderValue::from_static("unprintable")));
+    if let Some(d) = &decision.disaggregated {
+        h.insert("x-kvroute-prefill-pool", HeaderValue::from_str(&d.prefill_pool_name).map_err(|e| e.to_string())?);
+        h.insert("x-kvroute-decode-pool", HeaderValue::from_str(&d.decode_pool_name).map_err(|e| e.to_string())?);
+    }
+    Ok(response)
+}
+
+/// The models of every healthy pool, merged by id.
+async fn models(State(shared): State<Arc<Shared>>) -> Response {
+    let mut data: Vec<Value> = Vec::new();
+    for pool in shared.pools.iter().filter(|p| p.healthy()) {
+        let url = format!("{}/v1/models", pool.replica().url);
+        let Ok(r) = shared.http.get(url).timeout(Duration::from_secs(2)).send().await else { continue };
+        let Ok(v) = r.json::<Value>().await else { continue };
+        for m in v["data"].as_array().into_iter().flatten() {
+            if !data.iter().any(|d| d["id"] == m["id"]) {
+                data.push(m.clone());
+            }
+        }
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn pools_state(State(shared): State<Arc<Shared>>) -> Response {
+    let list: Vec<Value> = shared
+        .pools
+        .iter()
+        .zip(&shared.config.pools)
+        .map(|(p, c)| {
+            json!({
+                "name": p.name, "model": c.model, "priority": c.priority, "weight": c.weight,
+                "healthy": p.healthy(), "in_flight": p.in_flight.load(Ordering::Relaxed),
+                "routers": p.replicas.iter().map(|r| json!({"url": r.url, "healthy": r.healthy.load(Ordering::Relaxed)})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({"policy": shared.config.policy, "pools": list})).into_response()
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let healthy = shared.pools.iter().filter(|p| p.healthy()).count();
+    let status = if healthy > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"healthy_pools": healthy, "pools": shared.pools.len()}))).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+}

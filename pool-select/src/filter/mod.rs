@@ -1,0 +1,77 @@
+//! The filter phase: which pools may serve this request at all.
+//!
+//! Always applied, in this order, each recording what it removed and why:
+//! [`model`] (the pool serves the request's model), [`health`] (never an unhealthy pool while
+//! another can serve), [`saturation`] (spill over a pool whose probe is over its limits). If
+//! model or health leaves nothing, the decision fails with every removal listed; saturation
+//! never empties the set. [`priority`] is not part of the chain: it holds the tiering and
+//! spill-over order that policies apply to the survivors.
+
+pub mod health;
+pub mod model;
+pub mod priority;
+pub mod saturation;
+
+use crate::decision::{Removal, SelectError};
+use crate::pool::{PoolView, RequestFeatures};
+
+/// The pools left after the filters, in config order, and what was removed.
+#[derive(Debug)]
+pub(crate) struct Filtered {
+    pub eligible: Vec<usize>,
+    pub removed: Vec<Removal>,
+}
+
+/// Runs model → health → saturation over all pools.
+pub(crate) fn apply(features: &RequestFeatures, views: &[PoolView<'_>]) -> Result<Filtered, SelectError> {
+    let mut eligible: Vec<usize> = (0..views.len()).collect();
+    let mut removed = Vec::new();
+    remove(&mut eligible, &mut removed, views, model::NAME, |v| model::rejects(features, v));
+    if eligible.is_empty() {
+        return Err(SelectError::NoEligiblePool { removed });
+    }
+    remove(&mut eligible, &mut removed, views, health::NAME, health::rejects);
+    if eligible.is_empty() {
+        return Err(SelectError::NoEligiblePool { removed });
+    }
+    let keep = saturation::survivors(views, &eligible);
+    for &i in eligible.iter().filter(|i| !keep.contains(i)) {
+        let why = saturation::rejects(&views[i]).unwrap_or("saturated");
+        removed.push(Removal { pool: i, name: views[i].facts.name.clone(), filter: saturation::NAME, why });
+    }
+    Ok(Filtered { eligible: keep, removed })
+}
+
+/// Drops from `eligible` every pool `rejects` names a reason for, recording it.
+fn remove(
+    eligible: &mut Vec<usize>,
+    removed: &mut Vec<Removal>,
+    views: &[PoolView<'_>],
+    filter: &'static str,
+    rejects: impl Fn(&PoolView<'_>) -> Option<&'static str>,
+) {
+    eligible.retain(|&i| match rejects(&views[i]) {
+        Some(why) => {
+            removed.push(Removal { pool: i, name: views[i].facts.name.clone(), filter, why });
+            false
+        }
+        None => true,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{features, probe, Pools};
+
+    #[test]
+    fn filters_run_in_order_and_record_each_removal() {
+        let pools = Pools::new(&["a", "b", "c", "d"]).model(0, "other").sick(1).limit_prefill(2, 10);
+        let busy = probe(0, 100, 0);
+        let probes = [None, None, Some(&busy), None];
+        let f = apply(&features(Some("m")), &pools.views(&probes)).unwrap();
+        assert_eq!(f.eligible, vec![3]);
+        let by: Vec<(&str, &str)> = f.removed.iter().map(|r| (r.name.as_str(), r.filter)).collect();
+        assert_eq!(by, vec![("a", "model"), ("b", "health"), ("c", "saturation")]);
+    }
+}

@@ -1,0 +1,201 @@
+//! [`Selector`]: the phases put together for one request — views, filter, policy, decision —
+//! with the state that outlives a request (the round-robin cursor and the injected RNG).
+//!
+//! The selector owns no clock and does no I/O: the caller probes the router groups, tracks
+//! health and in-flight counts, and passes them in. Same seed and same inputs in the same
+//! order give the same decisions.
+
+use kvroute_protocol::api::BestWorkerResponse;
+use rand::Rng;
+
+use crate::config::{validate_pools, ConfigError, SelectConfig};
+use crate::decision::{self, Decision, DisaggChoice, Reason, SelectError};
+use crate::filter;
+use crate::pool::{PoolFacts, PoolState, PoolView, RequestFeatures};
+use crate::score::{self, kv_overlap, least_loaded, round_robin, weighted, Compiled, Policy};
+
+/// Chooses a pool per request. One per front door (Envoy root context, global router).
+#[derive(Clone, Debug)]
+pub struct Selector<R> {
+    pools: Vec<PoolFacts>,
+    policy: Policy,
+    compiled: Compiled,
+    /// The pool index after the last round-robin choice.
+    cursor: usize,
+    rng: R,
+}
+
+impl<R: Rng> Selector<R> {
+    /// Validates `config` and builds the selector; `rng` is the only source of randomness
+    /// (a seeded `SmallRng` in tests and replays).
+    pub fn new(config: SelectConfig, rng: R) -> Result<Self, ConfigError> {
+        validate_pools(&config.pools)?;
+        let compiled = config.policy.compile(&config.pools)?;
+        Ok(Selector { pools: config.pools, policy: config.policy, compiled, cursor: 0, rng })
+    }
+
+    /// The configured pools; a [`Decision`]'s indices refer to this slice.
+    pub fn pools(&self) -> &[PoolFacts] {
+        &self.pools
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The index of the pool called `name`.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+
+    /// Whether the caller should probe the router groups before [`Selector::decide`]: the
+    /// policy needs probes, or some pool has saturation limits (which only a probe can show).
+    pub fn needs_probes(&self) -> bool {
+        score::policy_needs_probes(&self.policy)
+            || self.pools.iter().any(|p| p.limits.as_ref().is_some_and(|l| l.is_set()))
+    }
+
+    /// Chooses the pool for one request. `states[i]` and `probes[i]` describe pool `i`
+    /// (`None`: not probed, timed out or unreadable).
+    pub fn decide(
+        &mut self,
+        features: &RequestFeatures,
+        states: &[PoolState],
+        probes: &[Option<&BestWorkerResponse>],
+    ) -> Result<Decision, SelectError> {
+        let n = self.pools.len();
+        if states.len() != n || probes.len() != n {
+            return Err(SelectError::InputMismatch { pools: n, states: states.len(), probes: probes.len() });
+        }
+        let views: Vec<PoolView<'_>> =
+            (0..n).map(|i| PoolView { facts: &self.pools[i], state: states[i], probe: probes[i] }).collect();
+        let filter::Filtered { eligible, mut removed } = filter::apply(features, &views)?;
+        let choice = match &self.compiled {
+            Compiled::KvOverlap(c) => kv_overlap::choose(c, &views, &eligible, &mut self.rng).ok_or_else(Vec::new),
+            Compiled::Grid(g) => g.choose(features, &views, &eligible),
+            Compiled::Weighted => weighted::choose(&views, &eligible, &mut self.rng).ok_or_else(Vec::new),
+            Compiled::RoundRobin => round_robin::choose(&views, &eligible, &mut self.cursor).ok_or_else(Vec::new),
+            Compiled::LeastLoaded => least_loaded::choose(&views, &eligible, &mut self.rng).ok_or_else(Vec::new),
+        };
+        let choice = match choice {
+            Ok(c) => c,
+            Err(outsiders) => {
+                removed.extend(outsiders);
+                return Err(SelectError::NoEligiblePool { removed });
+            }
+        };
+        let name = |i: usize| self.pools[i].name.clone();
+        Ok(Decision {
+            pool: choice.pool,
+            pool_name: name(choice.pool),
+            disaggregated: choice.disagg.map(|(p, d)| DisaggChoice {
+                prefill_pool: p,
+                prefill_pool_name: name(p),
+                decode_pool: d,
+                decode_pool_name: name(d),
+            }),
+            reason: Reason { policy: self.policy.name(), summary: decision::summary(choice.summary, &removed) },
+            scores: choice.scores.into_iter().map(|(i, s)| (name(i), s)).collect(),
+            removed,
+            fallbacks: choice.fallbacks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{features, probe, Pools};
+
+    fn kv() -> Policy {
+        Policy::default()
+    }
+
+    #[test]
+    fn a_model_mismatch_removes_the_pool() {
+        let pools = Pools::new(&["a", "b"]).model(0, "llama").model(1, "qwen");
+        let d = pools.selector(kv(), 0).decide(&features(Some("qwen")), &pools.states, &[None; 2]).unwrap();
+        assert_eq!(d.pool_name, "b");
+        assert_eq!(d.removed[0].filter, "model");
+    }
+
+    #[test]
+    fn no_pool_for_the_model_is_an_error_naming_the_model_filter() {
+        let pools = Pools::new(&["a"]).model(0, "llama");
+        let e = pools.selector(kv(), 0).decide(&features(Some("qwen")), &pools.states, &[None]).unwrap_err();
+        assert_eq!(e.to_string(), "no eligible pool: a removed by model (serves another model)");
+    }
+
+    #[test]
+    fn an_unhealthy_pool_is_never_chosen_while_another_can_serve() {
+        // The unhealthy pool has by far the best probe.
+        let (great, poor) = (probe(8, 0, 0), probe(0, 100_000, 5_000));
+        let pools = Pools::new(&["a", "b"]).sick(0);
+        let mut s = pools.selector(kv(), 0);
+        for _ in 0..20 {
+            let d = s.decide(&features(None), &pools.states, &[Some(&great), Some(&poor)]).unwrap();
+            assert_eq!(d.pool_name, "b");
+            assert_eq!(d.reason.summary, "kv_overlap b=11250.0* skip=a:unhealthy");
+        }
+    }
+
+    #[test]
+    fn all_unhealthy_is_an_error_naming_the_health_filter() {
+        let pools = Pools::new(&["a", "b"]).sick(0).sick(1);
+        let e = pools.selector(kv(), 0).decide(&features(None), &pools.states, &[None; 2]).unwrap_err();
+        let SelectError::NoEligiblePool { removed } = &e else { panic!("{e:?}") };
+        assert!(removed.iter().all(|r| r.filter == "health"));
+        assert_eq!(e.to_string(), "no eligible pool: a removed by health (unhealthy), b removed by health (unhealthy)");
+    }
+
+    #[test]
+    fn a_saturated_pool_spills_over_to_the_next_by_priority() {
+        let pools = Pools::new(&["primary", "spill", "last"]).priority(1, 1).priority(2, 2).limit_prefill(0, 1000);
+        let (busy, ok) = (probe(8, 5000, 10), probe(0, 100, 10));
+        let probes = [Some(&busy), Some(&ok), Some(&ok)];
+        let d = pools.selector(kv(), 0).decide(&features(None), &pools.states, &probes).unwrap();
+        assert_eq!(d.pool_name, "spill");
+        assert_eq!(d.fallbacks, vec![2]);
+        assert_eq!(d.reason.summary, "kv_overlap spill=16.2* skip=primary:saturated");
+    }
+
+    #[test]
+    fn when_all_are_saturated_the_lowest_priority_number_serves() {
+        let pools = Pools::new(&["a", "b"]).priority(0, 1).limit_prefill(0, 0).limit_prefill(1, 0);
+        let busy = probe(0, 10, 1);
+        let d = pools.selector(kv(), 0).decide(&features(None), &pools.states, &[Some(&busy), Some(&busy)]).unwrap();
+        assert_eq!(d.pool_name, "b");
+        assert_eq!(d.removed.len(), 1);
+    }
+
+    #[test]
+    fn the_first_priority_tier_takes_traffic_while_it_can_serve() {
+        let pools = Pools::new(&["backup", "primary"]).priority(0, 1);
+        let (cached, cold) = (probe(8, 0, 8), probe(0, 128, 8));
+        let d = pools.selector(kv(), 0).decide(&features(None), &pools.states, &[Some(&cached), Some(&cold)]).unwrap();
+        assert_eq!((d.pool_name.as_str(), d.fallbacks.as_slice()), ("primary", &[0][..]));
+    }
+
+    #[test]
+    fn mismatched_inputs_are_an_error_not_a_panic() {
+        let pools = Pools::new(&["a", "b"]);
+        let e = pools.selector(kv(), 0).decide(&features(None), &pools.states[..1], &[None; 2]).unwrap_err();
+        assert_eq!(e, SelectError::InputMismatch { pools: 2, states: 1, probes: 2 });
+    }
+
+    #[test]
+    fn probes_are_needed_for_kv_overlap_or_saturation_limits_only() {
+        let plain = Pools::new(&["a"]);
+        assert!(plain.selector(kv(), 0).needs_probes());
+        assert!(!plain.selector(Policy::RoundRobin {}, 0).needs_probes());
+        assert!(plain.clone().limit_decode(0, 10).selector(Policy::RoundRobin {}, 0).needs_probes());
+    }
+
+    #[test]
+    fn an_invalid_config_is_rejected_at_construction() {
+        let pools = Pools::new(&["a"]).weight(0, -1.0);
+        let config = SelectConfig { pools: pools.facts, policy: kv() };
+        let e = Selector::new(config, rand::rngs::mock::StepRng::new(0, 1)).unwrap_err();
+        assert_eq!(e.to_string(), "pools[0].weight must be > 0, got -1");
+    }
+}
