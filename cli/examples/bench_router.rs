@@ -8,12 +8,15 @@
 //! - `best_worker` with 8,192 `token_ids` (512 blocks) against a warm index, vs `GET /health`
 //!   on the same router (the HTTP stack's own floor);
 //! - `generate` (`/v1/completions`, 64-token prompt, 1 output token) through the router, vs
-//!   the same request sent to a mocker directly: the difference is the router's overhead.
+//!   the same request sent to a mocker directly: the difference is the router's overhead;
+//! - the same through a global router (policy `kv_overlap`: one probe of the pool's router,
+//!   then the forward) in front of that router: the difference is the global router's overhead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvroute_global_router::GlobalRouterConfig;
 use kvroute_kv_router::select::KvRouterConfig;
 use kvroute_kv_router::service::{self, ServiceConfig, WorkerSpec};
 use kvroute_mocker::server::{self as mocker, KvEventsConfig, ServerConfig};
@@ -68,7 +71,14 @@ async fn main() -> anyhow::Result<()> {
     let mut config = ServiceConfig::new("127.0.0.1:0".parse::<SocketAddr>()?, workers);
     config.router = KvRouterConfig { block_size: 16, ..KvRouterConfig::default() };
     config.seed = Some(1);
-    let router = format!("http://{}", service::start(config, tokenizer).await?.http_addr);
+    let router = format!("http://{}", service::start(config, tokenizer.clone()).await?.http_addr);
+    let global_config: GlobalRouterConfig = serde_json::from_value(json!({
+        "http_port": 0,
+        "pools": [{"name": "a", "routers": [router]}],
+        "policy": {"type": "kv_overlap", "block_size": 16},
+        "seed": 1,
+    }))?;
+    let global = format!("http://{}", kvroute_global_router::start(global_config, tokenizer).await?.http_addr);
     let client = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
 
     // Warm the index: the 8k prompt cached on one worker.
@@ -104,13 +114,19 @@ async fn main() -> anyhow::Result<()> {
         client.post(format!("{router}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
     })
     .await;
+    let (gg50, gg99) = measure(n, async || {
+        client.post(format!("{global}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
+    })
+    .await;
     println!("requests per figure: {n} (sequential, keep-alive, loopback)");
     println!("{:<52} {:>10} {:>10}", "", "p50 µs", "p99 µs");
     println!("{:<52} {:>10.1} {:>10.1}", "router GET /health (HTTP floor)", us(h50), us(h99));
     println!("{:<52} {:>10.1} {:>10.1}", "router POST /best_worker, 8,192 token_ids", us(bw50), us(bw99));
     println!("{:<52} {:>10.1} {:>10.1}", "mocker /v1/completions direct (64 tokens, 1 out)", us(m50), us(m99));
     println!("{:<52} {:>10.1} {:>10.1}", "same through the kv-router", us(g50), us(g99));
+    println!("{:<52} {:>10.1} {:>10.1}", "same through global router → kv-router", us(gg50), us(gg99));
     println!("best_worker above the HTTP floor, p50: {:.1} µs", us(bw50) - us(h50));
+    println!("global router overhead (global − router), p50: {:.1} µs", us(gg50) - us(g50));
     println!("generate overhead (router − direct), p50: {:.1} µs = {:.2}× direct", us(g50) - us(m50), us(g50) / us(m50));
     Ok(())
 }

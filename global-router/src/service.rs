@@ -22,6 +22,7 @@ use kvroute_tokenizer::Tokenizer;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::GlobalRouterConfig;
@@ -138,7 +139,10 @@ pub async fn start(config: GlobalRouterConfig, tokenizer: Arc<Tokenizer>) -> Res
         .layer(DefaultBodyLimit::max(shared.config.max_body_bytes))
         .with_state(shared);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener.tap_io(|tcp| {
+            // Small streamed writes must not wait for delayed ACKs (Nagle): latency over bytes.
+            let _ = tcp.set_nodelay(true);
+        }), app).await {
             tracing::error!(error = %e, "global router HTTP server stopped");
         }
     });
