@@ -54,3 +54,45 @@ async fn a_killed_worker_is_skipped_and_its_blocks_dropped() {
     assert!(gone.is_some(), "{}", stack.workers().await);
     assert_eq!(stack.total_load().await, (0, 0, 0));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_restarted_worker_is_put_back_and_its_events_followed_again() {
+    let (http, kv) = (free_port().to_string(), free_port().to_string());
+    let worker_args = ["--port", &http, "--kv-events-port", &kv, "--block-size", "16", "--speedup-ratio", "10"];
+    let start_worker = || support::spawn(&[&["mocker"][..], &worker_args[..]].concat());
+    let mut worker = start_worker();
+    let router = support::kv_router(&[&worker], &["--block-size", "16"]);
+    let client = reqwest::Client::new();
+    let overlap = |prompt: Vec<u32>| {
+        let client = client.clone();
+        let url = format!("{}/best_worker", router.router_http());
+        async move {
+            let v: serde_json::Value = client.post(url).json(&json!({"token_ids": prompt})).send().await.ok()?.json().await.ok()?;
+            v["overlap_blocks"].as_u64()
+        }
+    };
+    let send = |prompt: Vec<u32>| {
+        let client = client.clone();
+        let url = format!("{}/v1/completions", router.router_http());
+        async move { client.post(url).json(&json!({"prompt": prompt, "max_tokens": 1})).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(send(long_prompt(50)).await.unwrap(), 200);
+    let seen = support::eventually(Duration::from_secs(10), || async { (overlap(long_prompt(50)).await? == 64).then_some(()) }).await;
+    assert!(seen.is_some(), "events followed before the restart");
+
+    worker.kill();
+    let gone = support::eventually(Duration::from_secs(10), || async { (overlap(long_prompt(50)).await.is_none()).then_some(()) }).await;
+    assert!(gone.is_some(), "the dead worker left selection (no worker to answer with)");
+
+    let _worker = start_worker();
+    let back = support::eventually(Duration::from_secs(10), || async { (send(long_prompt(51)).await.ok()? == 200).then_some(()) }).await;
+    assert!(back.is_some(), "the restarted worker serves again");
+    // Events published before the router resubscribed are fetched from the replay socket.
+    let followed = support::eventually(Duration::from_secs(10), || async { (overlap(long_prompt(51)).await? == 64).then_some(()) }).await;
+    assert!(followed.is_some(), "the router follows the new process's events");
+    assert_eq!(overlap(long_prompt(50)).await, Some(0), "nothing of the old process's cache is left");
+}

@@ -2,7 +2,9 @@
 //!
 //! One task per (worker, dp rank): connect a SUB socket, decode each message with
 //! `kvroute-protocol`'s decoder, apply its events to the index. Sequence numbers are checked:
-//! - the first message may have any number (a subscriber joins late: not a gap);
+//! - right after subscribing, the replay socket is asked for everything from sequence 0: a new
+//!   or restarted worker still buffers its whole history, so nothing published before the
+//!   subscription took effect is lost; otherwise the first live message starts the stream;
 //! - a jump ahead is a gap: the missing range is asked from the worker's replay socket, and if
 //!   it cannot be had, the worker's entries are cleared (a wrong index is worse than an empty
 //!   one) and counted;
@@ -25,6 +27,7 @@ use super::Shared;
 pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: String) {
     let w = &shared.workers[index];
     let worker = Worker::new(w.worker_id, rank);
+    let replay_endpoint = w.spec.replay_endpoint(rank);
     let mut reconnect = w.reconnect.subscribe();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -42,7 +45,8 @@ pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: S
         }
         backoff = Duration::from_millis(100);
         tracing::info!(%worker, %endpoint, "subscribed to KV events");
-        let mut expected: Option<u64> = None;
+        let mut stream = StreamState { worker, replay_endpoint: replay_endpoint.clone(), expected: None, duplicates_below: 0 };
+        stream.catch_up(&shared).await;
         loop {
             tokio::select! {
                 changed = reconnect.changed() => {
@@ -51,7 +55,7 @@ pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: S
                     break;
                 }
                 message = socket.recv() => match message {
-                    Ok(m) => handle(&shared, worker, index, rank, m, &mut expected).await,
+                    Ok(m) => stream.handle(&shared, m).await,
                     Err(e) => {
                         tracing::warn!(%worker, error = %e, "KV event socket failed; reconnecting");
                         break;
@@ -62,48 +66,86 @@ pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: S
     }
 }
 
-async fn handle(shared: &Shared, worker: Worker, index: usize, rank: u32, message: ZmqMessage, expected: &mut Option<u64>) {
-    let frames: Vec<Bytes> = message.into_vec();
-    let decoded = match decode_multipart(&frames) {
-        Ok(d) => d,
-        Err(e) => {
-            shared.metrics.events_rejected.with_label_values(&[&worker.worker_id.to_string(), "decode"]).inc();
-            tracing::warn!(%worker, error = %e, "undecodable KV event message dropped");
+/// Where one subscription stands in the publisher's sequence.
+struct StreamState {
+    worker: Worker,
+    replay_endpoint: Option<String>,
+    /// The next sequence number due (None: nothing seen yet).
+    expected: Option<u64>,
+    /// Live messages below this were already applied by the catch-up replay.
+    duplicates_below: u64,
+}
+
+impl StreamState {
+    /// Right after subscribing: take whatever the publisher published before we could hear it,
+    /// if its buffer still starts at the beginning (a new or restarted worker).
+    async fn catch_up(&mut self, shared: &Shared) {
+        let Some(endpoint) = &self.replay_endpoint else { return };
+        let Some(batches) = replay(endpoint, 0, u64::MAX).await else { return };
+        if batches.is_empty() {
             return;
         }
-    };
-    match *expected {
-        Some(next) if decoded.seq > next => {
-            shared.metrics.event_gaps.with_label_values(&[&worker.worker_id.to_string()]).inc();
-            tracing::warn!(%worker, missing_from = next, got = decoded.seq, "KV event gap: asking the replay socket");
-            let replayed = match shared.workers[index].spec.replay_endpoint(rank) {
-                Some(endpoint) => replay(&endpoint, next, decoded.seq).await,
-                None => None,
-            };
-            match replayed {
-                Some(batches) => {
-                    for batch in &batches {
-                        apply(shared, worker, batch);
+        tracing::info!(worker = %self.worker, messages = batches.len(), "caught up on KV events published before subscribing");
+        for batch in &batches {
+            apply(shared, self.worker, batch);
+        }
+        self.expected = Some(batches.len() as u64);
+        self.duplicates_below = batches.len() as u64;
+    }
+
+    async fn handle(&mut self, shared: &Shared, message: ZmqMessage) {
+        let worker = self.worker;
+        let frames: Vec<Bytes> = message.into_vec();
+        let decoded = match decode_multipart(&frames) {
+            Ok(d) => d,
+            Err(e) => {
+                shared.metrics.events_rejected.with_label_values(&[&worker.worker_id.to_string(), "decode"]).inc();
+                tracing::warn!(%worker, error = %e, "undecodable KV event message dropped");
+                return;
+            }
+        };
+        if decoded.seq < self.duplicates_below {
+            return; // heard live and by the catch-up replay: applied once already
+        }
+        self.duplicates_below = 0;
+        match self.expected {
+            Some(next) if decoded.seq > next => {
+                shared.metrics.event_gaps.with_label_values(&[&worker.worker_id.to_string()]).inc();
+                tracing::warn!(%worker, missing_from = next, got = decoded.seq, "KV event gap: asking the replay socket");
+                let replayed = match &self.replay_endpoint {
+                    Some(endpoint) => replay(endpoint, next, decoded.seq).await,
+                    None => None,
+                };
+                match replayed {
+                    Some(batches) => {
+                        for batch in &batches {
+                            apply(shared, worker, batch);
+                        }
+                    }
+                    None => {
+                        tracing::warn!(%worker, "missed KV events are gone: clearing this worker's index entries");
+                        shared.metrics.event_resyncs.with_label_values(&[&worker.worker_id.to_string()]).inc();
+                        let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
                     }
                 }
-                None => {
-                    tracing::warn!(%worker, "missed KV events are gone: clearing this worker's index entries");
-                    shared.metrics.event_resyncs.with_label_values(&[&worker.worker_id.to_string()]).inc();
-                    let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
-                }
             }
+            Some(next) if decoded.seq < next => {
+                tracing::info!(%worker, seq = decoded.seq, "KV event sequence restarted (publisher restarted): clearing");
+                let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+            }
+            _ => {}
         }
-        Some(next) if decoded.seq < next => {
-            tracing::info!(%worker, seq = decoded.seq, "KV event sequence restarted (publisher restarted): clearing");
-            let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
-        }
-        _ => {}
+        self.expected = Some(decoded.seq + 1);
+        apply(shared, worker, &decoded.batch);
     }
-    *expected = Some(decoded.seq + 1);
-    apply(shared, worker, &decoded.batch);
 }
 
 fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
+    // Late messages from a worker taken out of selection must not rebuild what was dropped;
+    // when it comes back, the resubscription catches up from its replay buffer.
+    if shared.worker(worker.worker_id).is_some_and(|w| !w.healthy.load(std::sync::atomic::Ordering::SeqCst)) {
+        return;
+    }
     let worker = Worker::new(worker.worker_id, batch.dp_rank.unwrap_or(worker.dp_rank));
     let label = worker.worker_id.to_string();
     let block_size = shared.config.router.block_size as usize;
@@ -130,7 +172,8 @@ fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
     }
 }
 
-/// Fetch messages `from..to` from a replay socket; None if they are not all there.
+/// Fetch messages `from..to` from a replay socket (`to = u64::MAX`: all it has); None if the
+/// range does not start at `from` or has holes, or if `to` is bounded and not reached.
 async fn replay(endpoint: &str, from: u64, to: u64) -> Option<Vec<EventBatch>> {
     let fetch = async {
         let mut dealer = DealerSocket::new();
@@ -156,7 +199,7 @@ async fn replay(endpoint: &str, from: u64, to: u64) -> Option<Vec<EventBatch>> {
             batches.push(decode_payload(payload).ok()?);
             next += 1;
         }
-        (next == to).then_some(batches)
+        (next == to || to == u64::MAX).then_some(batches)
     };
     tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
 }
