@@ -6,6 +6,7 @@
 mod global_router;
 mod kv_router;
 mod mocker;
+mod replay;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
     /// policy (KV overlap probed from every group, grid, weights, least loaded), forwards it,
     /// streams the answer back, and retries on the next pool when one fails before answering.
     GlobalRouter(global_router::GlobalRouterArgs),
+    /// Replay a request trace (e.g. the Mooncake conversation trace) through simulated workers
+    /// and a router, offline in virtual time, and print TTFT, latency and prefix-reuse figures.
+    Replay(replay::ReplayArgs),
     /// Start a whole stack from one YAML file, in this process: per pool, N mocker workers and
     /// their kv-router. Prints where each part listens.
     Up(up::UpArgs),
@@ -44,13 +48,13 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Mocker(args) => mocker::run(args).await,
-            Command::KvRouter(args) => kv_router::run(args).await,
-            Command::Up(args) => up::run(args).await,
-            Command::GlobalRouter(args) => global_router::run(args).await,
-        }
-    })
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    match cli.command {
+        // A pure simulation: no async runtime.
+        Command::Replay(args) => replay::run_replay(args),
+        Command::Mocker(args) => runtime()?.block_on(mocker::run(args)),
+        Command::KvRouter(args) => runtime()?.block_on(kv_router::run(args)),
+        Command::Up(args) => runtime()?.block_on(up::run(args)),
+        Command::GlobalRouter(args) => runtime()?.block_on(global_router::run(args)),
+    }
 }

@@ -6,5 +6,6 @@ mod support;
 mod gaps;
 mod http_events;
 mod lifecycle;
+mod replay;
 mod routing;
 mod up;
