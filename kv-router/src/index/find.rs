@@ -15,14 +15,18 @@ pub(super) fn find_matches(
     query: &[LocalBlockHash],
     worker_of: impl Fn(u32) -> Worker,
 ) -> Vec<Overlap> {
-    let mut out = Vec::new();
-    let Some(first) = query.first() else { return out };
-    let Some(mut run) = tree.child(ROOT, 0, first.0) else { return out };
+    let Some(first) = query.first() else { return Vec::new() };
+    let Some(mut run) = tree.child(ROOT, 0, first.0) else { return Vec::new() };
+    // Every worker in the answer holds the first block, so it has an interval starting at 0 of
+    // the first run (at most one per worker): that run's interval count bounds every list
+    // below, and sizing them once saves the reallocations that were a third of a call.
+    let bound = tree.runs[run as usize].members.len();
+    let mut out = Vec::with_capacity(bound);
     // stamp[w] == 2 * hop: w holds everything up to this hop's end and continues;
     // stamp[w] == 2 * hop + 1: w's overlap has been emitted during this hop.
     let mut stamp = vec![0u32; worker_slots];
-    let mut continuing: Vec<u32> = Vec::new();
-    let mut next: Vec<u32> = Vec::new();
+    let mut continuing: Vec<u32> = Vec::with_capacity(bound);
+    let mut next: Vec<u32> = Vec::with_capacity(bound);
     let mut depth = 0usize;
     let mut hop = 1u32;
     loop {

@@ -269,8 +269,8 @@ impl KvIndex {
         let entry = self.workers[w as usize].as_mut().expect("live worker");
         let mut cursor = start;
         let mut span = tree::Span::empty();
-        for b in blocks {
-            let slot = self.tree.step(&mut cursor, b.tokens_hash.0);
+        for (i, b) in blocks.iter().enumerate() {
+            let slot = self.tree.step(&mut cursor, b.tokens_hash.0, blocks.len() - i);
             let previous = entry.blocks.insert(EngineKey::new(b.block_hash), slot);
             if previous != Some(slot) && self.tree.holds(w, slot) {
                 // A second engine name for a block this worker already holds.

@@ -140,7 +140,9 @@ impl Tree {
     }
 
     /// Move the cursor one block down the path `hash`, creating the block if the tree lacks it.
-    pub fn step(&mut self, cursor: &mut Cursor, hash: u64) -> Slot {
+    /// `ahead` is how many blocks the caller is about to store from this one on (at least 1):
+    /// a new or growing run is sized for them, so runs carry little unused capacity.
+    pub fn step(&mut self, cursor: &mut Cursor, hash: u64, ahead: usize) -> Slot {
         let run = &self.runs[cursor.run as usize];
         let pos = cursor.pos;
         if pos < run.hashes.len() && run.hashes[pos] == hash {
@@ -152,19 +154,28 @@ impl Tree {
             return slot(c, 0);
         }
         if pos == run.hashes.len() && cursor.run != ROOT && pos < RUN_CAPACITY {
-            self.runs[cursor.run as usize].hashes.push(hash);
+            let hashes = &mut self.runs[cursor.run as usize].hashes;
+            if hashes.len() == hashes.capacity() {
+                // Grow by what the event still brings, or by half (not Vec's doubling, which
+                // leaves a quarter of a typical run's hashes unused), never past a full run.
+                let len = hashes.len();
+                hashes.reserve_exact(ahead.max(len / 2).max(4).min(RUN_CAPACITY - len));
+            }
+            hashes.push(hash);
             self.blocks += 1;
             cursor.pos += 1;
             return slot(cursor.run, pos);
         }
-        let c = self.new_run(cursor.run, pos, hash);
+        let c = self.new_run(cursor.run, pos, hash, ahead);
         *cursor = Cursor { run: c, pos: 1 };
         slot(c, 0)
     }
 
-    fn new_run(&mut self, parent: u32, pos: usize, hash: u64) -> u32 {
+    fn new_run(&mut self, parent: u32, pos: usize, hash: u64, ahead: usize) -> u32 {
+        let mut hashes = Vec::with_capacity(ahead.clamp(1, RUN_CAPACITY));
+        hashes.push(hash);
         let run = Run {
-            hashes: vec![hash],
+            hashes,
             members: Vec::new(),
             children: Vec::new(),
             parent,
@@ -225,7 +236,12 @@ impl Tree {
                 members[j].start = start;
                 members[j].end = end;
             }
-            None => members.push(Member { worker: w, start, end }),
+            None => {
+                if members.is_empty() {
+                    members.reserve_exact(1); // most runs are held by one worker
+                }
+                members.push(Member { worker: w, start, end })
+            }
         }
         *span = Span::empty();
     }
