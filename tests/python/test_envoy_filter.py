@@ -353,7 +353,13 @@ def test_concurrent_requests_all_complete(envoy):
         results = list(pool.map(one, range(32)))
     assert [r[0] for r in results] == [200] * 32
     assert all(r[1]["x-kvroute-pool"] in ("a", "b", "c") for r in results)
-    _, _, stats = http("GET", f"{envoy.admin}/stats?filter=probe_latency_ms")
+    # Envoy merges histogram samples into /stats at its stats flush (every 5 s by default).
+    deadline = time.monotonic() + 15
+    while True:
+        _, _, stats = http("GET", f"{envoy.admin}/stats?filter=probe_latency_ms")
+        if b"wasmcustom.kvroute.probe_latency_ms: P0(" in stats or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     assert b"wasmcustom.kvroute.probe_latency_ms: P0(" in stats, stats  # a histogram with samples
 
 
