@@ -26,32 +26,34 @@ pub struct KvRouterArgs {
     /// Example: --worker http://127.0.0.1:8001@tcp://127.0.0.1:5557
     #[arg(long = "worker", value_name = "URL[@TCP,...]")]
     workers: Vec<String>,
-    /// kv (cost over KV overlap and load), round-robin, random or least-loaded. [env: DYN_ROUTER_MODE]
+    /// kv (cost over KV overlap and load), round-robin, random or least-loaded. Default: kv.
+    /// [env: DYN_ROUTER_MODE]
     #[arg(long, env = "KVROUTE_ROUTER_MODE")]
     router_mode: Option<RouterMode>,
-    /// Softmax temperature over worker costs; 0 picks the cheapest. [env: DYN_ROUTER_TEMPERATURE]
+    /// Softmax temperature over worker costs; 0 (default) picks the cheapest.
+    /// [env: DYN_ROUTER_TEMPERATURE]
     #[arg(long, env = "KVROUTE_ROUTER_TEMPERATURE")]
     router_temperature: Option<f64>,
-    /// Weight of the prefill term in the cost (Dynamo's prefill_load_scale).
+    /// Weight of the prefill term in the cost (Dynamo's prefill_load_scale). Default: 1.
     /// [env: DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT, DYN_KV_OVERLAP_SCORE_WEIGHT]
     #[arg(long, alias = "router-kv-overlap-score-weight", alias = "prefill-load-scale", env = "KVROUTE_KV_OVERLAP_SCORE_WEIGHT")]
     kv_overlap_score_weight: Option<f64>,
-    /// Prefill blocks credited per cached block. [env: DYN_OVERLAP_SCORE_CREDIT]
+    /// Prefill blocks credited per cached block. Default: 1. [env: DYN_OVERLAP_SCORE_CREDIT]
     #[arg(long, env = "KVROUTE_OVERLAP_SCORE_CREDIT")]
     overlap_score_credit: Option<f64>,
-    /// Tokens per KV block; must equal the workers'. [env: DYN_KV_CACHE_BLOCK_SIZE]
+    /// Tokens per KV block; must equal the workers'. Default: 16. [env: DYN_KV_CACHE_BLOCK_SIZE]
     #[arg(long, alias = "block-size", env = "KVROUTE_KV_CACHE_BLOCK_SIZE")]
     kv_cache_block_size: Option<u32>,
-    /// Address to listen on.
+    /// Address to listen on. Default: 127.0.0.1.
     #[arg(long, env = "KVROUTE_HOST")]
     host: Option<IpAddr>,
-    /// HTTP port (0: any free port; the chosen one is printed). [env: DYN_HTTP_PORT]
+    /// HTTP port (0: any free port; the chosen one is printed). Default: 9000. [env: DYN_HTTP_PORT]
     #[arg(long, alias = "port", env = "KVROUTE_HTTP_PORT")]
     http_port: Option<u16>,
-    /// Milliseconds between worker health checks.
+    /// Milliseconds between worker health checks. Default: 2000.
     #[arg(long, env = "KVROUTE_HEALTH_INTERVAL_MS")]
     health_interval_ms: Option<u64>,
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes. Default: 64 MiB.
     #[arg(long, env = "KVROUTE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
     /// ZMQ topic prefix to subscribe to (empty: all).

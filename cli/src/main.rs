@@ -35,7 +35,7 @@ enum Command {
     /// and a router, offline in virtual time, and print TTFT, latency and prefix-reuse figures.
     Replay(replay::ReplayArgs),
     /// Start a whole stack from one YAML file, in this process: per pool, N mocker workers and
-    /// their kv-router. Prints where each part listens.
+    /// their kv-router, and optionally a global router in front. Prints where each part listens.
     Up(up::UpArgs),
 }
 

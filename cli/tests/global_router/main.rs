@@ -60,18 +60,21 @@ fn prompt(salt: u32) -> Vec<u32> {
 async fn a_prefix_served_by_pool_b_goes_to_pool_b_again() {
     let stack = Stack::new("{type: kv_overlap, block_size: 16}");
     let p = prompt(1);
-    // Served by pool b directly, so b's workers cache it.
+    // Served by pool b directly, so b's workers cache it; wait until b's router knows it.
     let r = stack.client.post(format!("{}/v1/completions", stack.routers[1].router_http())).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
     r.bytes().await.unwrap();
-    let landed = support::eventually(Duration::from_secs(10), || async {
-        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": p, "max_tokens": 1})).send().await.ok()?;
-        let pool = r.headers().get("x-kvroute-pool")?.to_str().ok()?.to_owned();
-        let reason = r.headers().get("x-kvroute-reason")?.to_str().ok()?.to_owned();
-        let body: Value = r.json().await.ok()?;
-        (body["usage"]["prompt_tokens_details"]["cached_tokens"] == 1008).then_some((pool, reason))
+    let indexed = support::eventually(Duration::from_secs(10), || async {
+        let v: Value = stack.client.post(format!("{}/best_worker", stack.routers[1].router_http())).json(&json!({"token_ids": p})).send().await.ok()?.json().await.ok()?;
+        (v["overlap_blocks"] == 64).then_some(())
     })
     .await;
-    let (pool, reason) = landed.expect("the global router sent the prompt to the pool that cached it");
+    assert!(indexed.is_some(), "pool b's router indexed the prompt");
+    // One request through the global router: pool a has nothing cached, so b is cheaper.
+    let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
+    let pool = r.headers()["x-kvroute-pool"].to_str().unwrap().to_owned();
+    let reason = r.headers()["x-kvroute-reason"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 1008, "served from b's cache");
     assert_eq!(pool, "b");
     assert!(reason.starts_with("kv_overlap"), "{reason}");
     let metrics = stack.client.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
