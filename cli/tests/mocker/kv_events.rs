@@ -140,15 +140,7 @@ async fn events_rebuild_exactly_the_cached_blocks_and_an_index_that_matches() {
     let last = prompts.last().unwrap();
     let local = block_hashes(last, BS, HashSeed::default());
     let overlap = index.find_matches(&local).iter().find(|o| o.worker == worker).map_or(0, |o| o.blocks);
-    let engine_cached: Value = client
-        .post(format!("{}/v1/completions", m.http()))
-        .json(&json!({"prompt": last, "max_tokens": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let engine_cached = support::post_json(&client, &format!("{}/v1/completions", m.http()), &json!({"prompt": last, "max_tokens": 1})).await;
     let cached_tokens = engine_cached["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() as usize;
     assert_eq!(overlap as usize, last.len() / BS, "the last prompt's full blocks are all cached");
     // The engine always recomputes at least one token, so it serves all but the last full block.

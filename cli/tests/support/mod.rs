@@ -112,3 +112,8 @@ impl Process {
         let _ = self.child.wait();
     }
 }
+
+/// POST a JSON body and read the JSON answer (tests only: panics on transport errors).
+pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> Value {
+    client.post(url).json(body).send().await.expect("request sent").json().await.expect("JSON answer")
+}

@@ -270,41 +270,36 @@ fn check_same(index: &KvIndex, reference: &ReferenceIndex, queries: &[Vec<u64>])
     Ok(())
 }
 
+/// Apply `ops` to the index and to the reference; every event must get the same result.
+fn apply_both(ops: &[Op]) -> Result<(KvIndex, ReferenceIndex), TestCaseError> {
+    let mut index = KvIndex::new();
+    let mut reference = ReferenceIndex::new();
+    for op in ops {
+        if let Op::RemoveWorker { worker_id } = op {
+            index.remove_worker(*worker_id);
+            reference.remove_worker(*worker_id);
+        }
+        for ev in events_of(op) {
+            let got = index.apply_event(&ev);
+            let want = reference.apply_event(&ev);
+            prop_assert_eq!(got, want, "event {:?}", ev);
+        }
+    }
+    Ok((index, reference))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn index_answers_like_the_reference(ops in prop::collection::vec(op(), 1..40), queries in queries()) {
-        let mut index = KvIndex::new();
-        let mut reference = ReferenceIndex::new();
-        for op in &ops {
-            if let Op::RemoveWorker { worker_id } = op {
-                index.remove_worker(*worker_id);
-                reference.remove_worker(*worker_id);
-            }
-            for ev in events_of(op) {
-                let got = index.apply_event(&ev);
-                let want = reference.apply_event(&ev);
-                prop_assert_eq!(got, want, "event {:?}", ev);
-            }
-        }
+        let (index, reference) = apply_both(&ops)?;
         check_same(&index, &reference, &queries)?;
     }
 
     #[test]
     fn dump_replayed_into_an_empty_index_answers_the_same(ops in prop::collection::vec(op(), 1..40), queries in queries()) {
-        let mut index = KvIndex::new();
-        let mut reference = ReferenceIndex::new();
-        for op in &ops {
-            if let Op::RemoveWorker { worker_id } = op {
-                index.remove_worker(*worker_id);
-                reference.remove_worker(*worker_id);
-            }
-            for ev in events_of(op) {
-                let _ = index.apply_event(&ev);
-                let _ = reference.apply_event(&ev);
-            }
-        }
+        let (index, reference) = apply_both(&ops)?;
         let mut rebuilt = KvIndex::new();
         for ev in index.dump_events() {
             prop_assert_eq!(rebuilt.apply_event(&ev), Ok(()), "dump event {:?}", ev);
