@@ -3,6 +3,7 @@
 //! Flags are parsed by clap (each also readable from a `KVROUTE_*` environment variable), then
 //! turned into the component's typed configuration, which the component validates.
 
+mod envoy;
 mod global_router;
 mod kv_router;
 mod mocker;
@@ -35,7 +36,8 @@ enum Command {
     /// and a router, offline in virtual time, and print TTFT, latency and prefix-reuse figures.
     Replay(replay::ReplayArgs),
     /// Start a whole stack from one YAML file, in this process: per pool, N mocker workers and
-    /// their kv-router, and optionally a global router in front. Prints where each part listens.
+    /// their kv-router, and optionally a global router and an Envoy with the kvroute filter in
+    /// front (a child process). Prints where each part listens.
     Up(up::UpArgs),
 }
 

