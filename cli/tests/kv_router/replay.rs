@@ -35,6 +35,17 @@ fn an_offline_replay_is_deterministic_and_reports_reuse() {
     // Turns 2 and 3 reuse their conversation's earlier blocks (the KV router keeps each
     // conversation on the worker that holds it): (512 + 1024) * 2 of (512 + 1024 + 1536) * 2.
     assert!((reuse - 0.5).abs() < 0.01, "{first}");
+    let out_dir = dir.join("compare");
+    let compare = Command::new(env!("CARGO_BIN_EXE_kvroute"))
+        .args(["replay", "--offline", "--compare", "--workers", "2", "--trace", trace.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(compare.status.success(), "{}", String::from_utf8_lossy(&compare.stderr));
+    let table = std::fs::read_to_string(out_dir.join("compare.md")).unwrap();
+    for setting in ["random", "round-robin", "least-loaded", "Dynamo classic", "Dynamo tuned"] {
+        assert!(table.contains(setting), "{setting} missing from\n{table}");
+    }
+    assert_eq!(table, String::from_utf8(compare.stdout).unwrap());
     let live = Command::new(env!("CARGO_BIN_EXE_kvroute")).args(["replay", "--trace", trace.to_str().unwrap()]).output().unwrap();
     assert!(!live.status.success());
     assert!(String::from_utf8_lossy(&live.stderr).contains("--offline"));
