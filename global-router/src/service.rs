@@ -17,7 +17,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use kvroute_pool_select::{BestWorkerResponse, Decision, Policy, PoolState, RequestFeatures, Selector};
-use kvroute_protocol::openai::{ErrorBody, Prompt};
+use kvroute_protocol::openai::{ChatMessage, ErrorBody, Prompt};
+use serde::Deserialize;
 use kvroute_tokenizer::Tokenizer;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -158,10 +159,12 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
 }
 
 /// Phase 1, parse: the body to forward (without the `kvroute` object) and the request's features.
-fn parse(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(Bytes, RequestFeatures), GlobalError> {
+fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, RequestFeatures), GlobalError> {
     let mut value: Value = serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
     let fields = value.as_object_mut().ok_or_else(|| GlobalError::bad_request("the request body must be a JSON object"))?;
-    let from_body = fields.remove("kvroute").unwrap_or(Value::Null);
+    let removed = fields.remove("kvroute");
+    let stripped = removed.is_some();
+    let from_body = removed.unwrap_or(Value::Null);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
     let number = |name: &str, key: &str| -> Result<Option<f64>, GlobalError> {
         match header(name) {
@@ -181,20 +184,20 @@ fn parse(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(Bytes, Re
         itl_target_ms: number("x-kvroute-itl-target-ms", "itl_target_ms")?,
         priority,
     };
-    let forwarded = Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes"));
+    // Re-encode only when the `kvroute` object was taken out; otherwise forward the bytes as received.
+    let forwarded = if stripped { Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes")) } else { body.clone() };
     Ok((forwarded, features))
 }
 
 /// The prompt's length in tokens, with the shared tokenizer (only policies that use it pay).
 fn prompt_tokens(shared: &Shared, fields: &serde_json::Map<String, Value>) -> u64 {
-    if let Some(prompt) = fields.get("prompt").and_then(|p| serde_json::from_value::<Prompt>(p.clone()).ok()) {
+    if let Some(prompt) = fields.get("prompt").and_then(|p| Prompt::deserialize(p).ok()) {
         return match prompt {
             Prompt::Tokens(ids) => ids.len() as u64,
             Prompt::Text(text) => shared.tokenizer.encode(&text).map_or(0, |ids| ids.len() as u64),
         };
     }
-    let Some(messages) = fields.get("messages").and_then(|m| serde_json::from_value(m.clone()).ok()) else { return 0 };
-    let messages: Vec<kvroute_protocol::openai::ChatMessage> = messages;
+    let Some(messages) = fields.get("messages").and_then(|m| Vec::<ChatMessage>::deserialize(m).ok()) else { return 0 };
     shared
         .tokenizer
         .apply_chat_template(&messages, true)

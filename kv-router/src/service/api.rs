@@ -14,6 +14,7 @@ use kvroute_protocol::events::parse_router_events;
 use kvroute_protocol::openai::Prompt;
 use kvroute_protocol::HashSeed;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{error_response, ApiError, Shared};
@@ -60,7 +61,7 @@ pub(crate) fn blocked(shared: &Shared, q: &RouteQuery) -> Result<BlockedRequest,
 pub(crate) fn config_override(q: &RouteQuery) -> Result<Option<RouterConfigOverride>, ApiError> {
     match &q.router_config_override {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone())
+        Some(v) => RouterConfigOverride::deserialize(v)
             .map(Some)
             .map_err(|e| ApiError::bad_request(format!("invalid router_config_override: {e}"))),
     }

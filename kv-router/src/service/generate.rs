@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, StreamExt};
 use kvroute_protocol::api::RouteQuery;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::api::{blocked, config_override, parse};
@@ -79,8 +80,8 @@ async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'
     }
     // The worker sees the request without the router's own fields.
     let router_override = fields.remove("router_config_override");
-    fields.remove("kvroute");
-    let mut query: RouteQuery = match serde_json::from_value(value.clone()) {
+    let stripped = router_override.is_some() | fields.remove("kvroute").is_some();
+    let mut query = match RouteQuery::deserialize(&value) {
         Ok(q) => q,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
     };
@@ -90,7 +91,8 @@ async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'
         (Ok(r), Ok(o), Ok(f)) => (r, o, f),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
     };
-    let forwarded = Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes"));
+    // Re-encode only when a field was taken out; otherwise forward the bytes as received.
+    let forwarded = if stripped { Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes")) } else { body };
 
     let attempts = shared.workers.len().clamp(1, 3);
     for attempt in 1..=attempts {
