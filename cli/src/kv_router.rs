@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use kvroute_kv_router::select::{KvRouterConfig, RouterMode};
+use kvroute_kv_router::select::{CostModel, KvRouterConfig, RouterMode, StepTimeModel};
 use kvroute_kv_router::service::{self, ServiceConfig, WorkerSpec};
 use kvroute_tokenizer::{ChatTemplate, Tokenizer};
 use serde::Deserialize;
@@ -30,6 +30,16 @@ pub struct KvRouterArgs {
     /// [env: DYN_ROUTER_MODE]
     #[arg(long, env = "KVROUTE_ROUTER_MODE")]
     router_mode: Option<RouterMode>,
+    /// What the kv mode minimises: predicted_ttft (default: each worker's predicted time to
+    /// first token, the delay it adds to requests waiting there and a charge for recomputing
+    /// blocks another worker holds) or blocks (Dynamo's cost: weighted prefill blocks minus
+    /// credited overlap plus decode blocks).
+    #[arg(long, env = "KVROUTE_COST_MODEL")]
+    cost_model: Option<CostModel>,
+    /// predicted_ttft: charge per prompt token recomputed although another worker holds it,
+    /// as a multiple of its prefill time. Default: 3.
+    #[arg(long, env = "KVROUTE_DUPLICATE_COST")]
+    duplicate_cost: Option<f64>,
     /// Softmax temperature over worker costs; 0 (default) picks the cheapest.
     /// [env: DYN_ROUTER_TEMPERATURE]
     #[arg(long, env = "KVROUTE_ROUTER_TEMPERATURE")]
@@ -81,6 +91,10 @@ pub struct RouterFile {
     #[serde(alias = "prefill_load_scale")]
     pub kv_overlap_score_weight: Option<f64>,
     pub overlap_score_credit: Option<f64>,
+    pub cost_model: Option<CostModel>,
+    pub duplicate_cost: Option<f64>,
+    /// predicted_ttft: the engines' step time (default: Dynamo's fit the mocker runs).
+    pub step_time: Option<StepTimeModel>,
     #[serde(alias = "block_size")]
     pub kv_cache_block_size: Option<u32>,
     pub host: Option<IpAddr>,
@@ -156,7 +170,10 @@ impl KvRouterArgs {
                 .or(file.router_temperature)
                 .unwrap_or(defaults.router_temperature),
             router_mode: self.router_mode.or(dyn_env(&["DYN_ROUTER_MODE"])?).or(file.router_mode).unwrap_or_default(),
-            tie_break: defaults.tie_break,
+            cost_model: self.cost_model.or(file.cost_model).unwrap_or(defaults.cost_model),
+            duplicate_cost: self.duplicate_cost.or(file.duplicate_cost).unwrap_or(defaults.duplicate_cost),
+            step_time: file.step_time.unwrap_or(defaults.step_time),
+            ..defaults
         };
         router.validate().context("invalid router settings")?;
         let host = self.host.or(file.host).unwrap_or(IpAddr::from([127, 0, 0, 1]));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use kvroute_kv_router::select::{KvRouterConfig, RouterMode};
+use kvroute_kv_router::select::{CostModel, KvRouterConfig, RouterMode};
 use kvroute_kv_router::service::{self, ServiceConfig, WorkerSpec};
 use kvroute_mocker::server::{self as mocker, KvEventsConfig, ServerConfig};
 use kvroute_mocker::timing::TimingModel;
@@ -124,6 +124,8 @@ struct RouterSection {
     #[serde(alias = "prefill_load_scale")]
     kv_overlap_score_weight: Option<f64>,
     overlap_score_credit: Option<f64>,
+    cost_model: Option<CostModel>,
+    duplicate_cost: Option<f64>,
     seed: Option<u64>,
 }
 
@@ -189,6 +191,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             router_temperature: pool.router.router_temperature.unwrap_or(d.router_temperature),
             overlap_score_weight: pool.router.kv_overlap_score_weight.unwrap_or(d.overlap_score_weight),
             overlap_score_credit: pool.router.overlap_score_credit.unwrap_or(d.overlap_score_credit),
+            cost_model: pool.router.cost_model.unwrap_or(d.cost_model),
+            duplicate_cost: pool.router.duplicate_cost.unwrap_or(d.duplicate_cost),
             ..d
         };
         config.seed = pool.router.seed;

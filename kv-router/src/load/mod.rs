@@ -29,6 +29,8 @@ pub struct WorkerLoad {
     pub active_blocks: u64,
     /// Tracked requests.
     pub active_requests: u64,
+    /// Tracked requests whose prefill has not completed (they wait for, or are in, a pass).
+    pub prefilling_requests: u64,
 }
 
 #[derive(Default)]
@@ -36,6 +38,7 @@ struct WorkerState {
     prefill_tokens: u64,
     blocks: FxHashMap<SequenceHash, u32>,
     requests: u64,
+    prefilling: u64,
 }
 
 /// A tracked request.
@@ -44,6 +47,8 @@ pub struct ActiveRequest {
     pub worker: Worker,
     /// Prefill tokens still counted against the worker (0 once prefill completed).
     pub prefill_tokens: u64,
+    /// Prefill not yet completed.
+    pub prefilling: bool,
     pub blocks: Vec<SequenceHash>,
 }
 
@@ -73,11 +78,12 @@ impl ActiveSequences {
         let state = self.workers.entry(worker).or_default();
         state.prefill_tokens += prefill_tokens;
         state.requests += 1;
+        state.prefilling += 1;
         for &b in blocks {
             *state.blocks.entry(b).or_insert(0) += 1;
         }
         self.requests
-            .insert(request_id.to_owned(), ActiveRequest { worker, prefill_tokens, blocks: blocks.to_vec() });
+            .insert(request_id.to_owned(), ActiveRequest { worker, prefill_tokens, prefilling: true, blocks: blocks.to_vec() });
         Ok(())
     }
 
@@ -86,7 +92,9 @@ impl ActiveSequences {
         let request = self.requests.get_mut(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
         let state = self.workers.entry(request.worker).or_default();
         state.prefill_tokens -= request.prefill_tokens;
+        state.prefilling -= u64::from(request.prefilling);
         request.prefill_tokens = 0;
+        request.prefilling = false;
         Ok(())
     }
 
@@ -110,6 +118,7 @@ impl ActiveSequences {
             active_prefill_tokens: s.prefill_tokens,
             active_blocks: s.blocks.len() as u64,
             active_requests: s.requests,
+            prefilling_requests: s.prefilling,
         })
     }
 
@@ -133,6 +142,7 @@ impl ActiveSequences {
 fn release(state: &mut WorkerState, request: &ActiveRequest) {
     state.prefill_tokens -= request.prefill_tokens;
     state.requests -= 1;
+    state.prefilling -= u64::from(request.prefilling);
     for b in &request.blocks {
         if let Some(n) = state.blocks.get_mut(b) {
             *n -= 1;
@@ -158,9 +168,10 @@ mod tests {
     fn add_counts_prefill_and_blocks_until_freed() {
         let mut a = ActiveSequences::new();
         a.add_request("r1", W, 100, &hashes(&[1, 2, 3])).unwrap();
-        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 100, active_blocks: 3, active_requests: 1 });
+        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 100, active_blocks: 3, active_requests: 1, prefilling_requests: 1 });
         a.mark_prefill_complete("r1").unwrap();
         assert_eq!(a.load(W).active_prefill_tokens, 0);
+        assert_eq!(a.load(W).prefilling_requests, 0);
         assert_eq!(a.load(W).active_blocks, 3);
         a.free("r1").unwrap();
         assert_eq!(a.load(W), WorkerLoad::default());
@@ -193,11 +204,12 @@ mod tests {
         assert_eq!(a.add_request("r1", W, 7, &hashes(&[2])), Err(LoadError::DuplicateRequest("r1".into())));
         assert_eq!(a.free("nope"), Err(LoadError::UnknownRequest("nope".into())));
         assert_eq!(a.mark_prefill_complete("nope"), Err(LoadError::UnknownRequest("nope".into())));
-        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1 });
+        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1, prefilling_requests: 1 });
         // Completing prefill twice does not subtract twice.
         a.mark_prefill_complete("r1").unwrap();
         a.mark_prefill_complete("r1").unwrap();
         assert_eq!(a.load(W).active_prefill_tokens, 0);
+        assert_eq!(a.load(W).prefilling_requests, 0);
     }
 
     #[test]

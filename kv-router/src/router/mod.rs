@@ -4,6 +4,7 @@
 //! Pure state, no I/O: the HTTP service and the event sources drive it. Randomness comes from
 //! the RNG it is built with, so a seeded router makes the same choices for the same inputs.
 
+use kvroute_protocol::api::BestWorkerResponse;
 use kvroute_protocol::events::RouterEvent;
 use kvroute_protocol::{block_hashes, sequence_hashes, HashSeed, LocalBlockHash, SequenceHash, Worker};
 use rand::rngs::SmallRng;
@@ -14,7 +15,7 @@ use thiserror::Error;
 
 use crate::index::{IndexError, KvIndex};
 use crate::load::{ActiveSequences, LoadError, WorkerLoad};
-use crate::select::{choose, cost, least_loaded, Candidate, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
+use crate::select::{choose, costs, least_loaded, Candidate, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
 
 /// A request cut into blocks: what every routing call needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +74,21 @@ pub struct Routed {
     pub cost: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forced: Option<Forced>,
+}
+
+impl Routed {
+    /// The `/best_worker` answer on the wire.
+    pub fn answer(&self) -> BestWorkerResponse {
+        BestWorkerResponse {
+            worker_id: self.worker.worker_id,
+            dp_rank: self.worker.dp_rank,
+            overlap_blocks: self.overlap_blocks,
+            request_blocks: self.request_blocks,
+            potential_prefill_tokens: self.potential_prefill_tokens,
+            potential_decode_blocks: self.potential_decode_blocks,
+            cost: self.cost,
+        }
+    }
 }
 
 /// One worker's figures for a request (`get_potential_loads`).
@@ -179,6 +195,8 @@ impl<R: Rng> KvRouter<R> {
                     cached_blocks: self.index.cached_blocks(worker) as u64,
                     active_prefill_tokens: load.active_prefill_tokens,
                     potential_decode_blocks: self.active.new_blocks(worker, &request.sequence) as u64 + load.active_blocks,
+                    active_requests: load.active_requests,
+                    prefilling_requests: load.prefilling_requests,
                 }
             })
             .collect()
@@ -225,8 +243,13 @@ impl<R: Rng> KvRouter<R> {
         if pool.is_empty() {
             return Err(RouteError::NoWorkers);
         }
+        let mut cost_of_choice = None;
         let i = match config.router_mode {
-            RouterMode::Kv => choose(&pool, request.isl_tokens, &config, &mut self.rng).ok_or(RouteError::NoWorkers)?.0,
+            RouterMode::Kv => {
+                let (i, costs) = choose(&pool, request.isl_tokens, &config, &mut self.rng).ok_or(RouteError::NoWorkers)?;
+                cost_of_choice = Some(costs[i]);
+                i
+            }
             RouterMode::RoundRobin => {
                 self.turn = self.turn.wrapping_add(1);
                 (self.turn - 1) % pool.len()
@@ -244,7 +267,7 @@ impl<R: Rng> KvRouter<R> {
             request_blocks: request.local.len() as u32,
             potential_prefill_tokens: c.potential_prefill_tokens(request.isl_tokens, config.block_size),
             potential_decode_blocks: c.potential_decode_blocks,
-            cost: cost(&c, request.isl_tokens, &config),
+            cost: cost_of_choice.unwrap_or_else(|| costs(&pool, request.isl_tokens, &config)[i]),
             forced,
         };
         if let Some(id) = options.request_id {

@@ -1,7 +1,7 @@
 //! KvRouter behaviour: routing follows the cache, tracking follows the lifecycle.
 
 use super::*;
-use crate::select::RouterMode;
+use crate::select::{CostModel, RouterMode};
 use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, KvCacheStoreData, StoredBlock};
 
 const BS: u32 = 4;
@@ -94,6 +94,7 @@ fn forced_worker_is_honoured_and_tracked_unknown_is_ignored() {
 #[test]
 fn override_changes_the_trade_off() {
     let mut r = router();
+    let dynamo = RouterConfigOverride { cost_model: Some(CostModel::Blocks), ..Default::default() };
     let tokens = prompt(64, 5);
     cached(&mut r, B, &tokens);
     // B is busy decoding a lot; A is idle.
@@ -101,8 +102,9 @@ fn override_changes_the_trade_off() {
     r.best_worker(&busy, RouteOptions { request_id: Some("busy"), forced: Some(ForcedWorker { worker_id: 2, dp_rank: Some(0) }), ..Default::default() }).unwrap();
     r.mark_prefill_complete("busy").unwrap();
     let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
-    assert_eq!(r.best_worker(&req, RouteOptions::default()).unwrap().worker, A, "100 decode blocks outweigh a 16-block hit");
-    let heavy_prefill = RouterConfigOverride { overlap_score_weight: Some(10.0), ..Default::default() };
+    let as_dynamo = RouteOptions { config_override: Some(&dynamo), ..Default::default() };
+    assert_eq!(r.best_worker(&req, as_dynamo).unwrap().worker, A, "100 decode blocks outweigh a 16-block hit");
+    let heavy_prefill = RouterConfigOverride { overlap_score_weight: Some(10.0), ..dynamo.clone() };
     let routed = r.best_worker(&req, RouteOptions { config_override: Some(&heavy_prefill), ..Default::default() }).unwrap();
     assert_eq!(routed.worker, B);
     let bad = RouterConfigOverride { router_temperature: Some(-1.0), ..Default::default() };

@@ -14,6 +14,71 @@ pub enum TieBreak {
     SmallestTree,
 }
 
+/// What the `kv` mode's cost measures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostModel {
+    /// Dynamo's blend of blocks: `weight × max(0, prefill blocks − credit × overlap) + decode
+    /// blocks` (see [`super::cost`]).
+    Blocks,
+    /// The worker's predicted time to first token in milliseconds (its queued prefill plus
+    /// this request's uncached prefill under [`StepTimeModel`]), plus a charge for every block
+    /// the request would recompute that another worker already holds (see
+    /// [`super::predicted_ttft_cost`]).
+    #[default]
+    PredictedTtft,
+}
+
+impl std::str::FromStr for CostModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.replace('-', "_").as_str() {
+            "blocks" => Ok(CostModel::Blocks),
+            "predicted_ttft" | "ttft" => Ok(CostModel::PredictedTtft),
+            other => Err(format!("unknown cost model {other:?} (expected blocks or predicted_ttft)")),
+        }
+    }
+}
+
+/// The engines' step time as the router predicts it: a pass that prefills `t` tokens takes
+/// `quadratic_ms × t² + per_token_ms × t + pass_ms`, plus `decode_ms` when anything decodes,
+/// and prefills at most `max_batched_tokens` tokens. Defaults: Dynamo's fit, which its
+/// mocker (and kvroute's) runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepTimeModel {
+    pub quadratic_ms: f64,
+    pub per_token_ms: f64,
+    pub pass_ms: f64,
+    pub decode_ms: f64,
+    pub max_batched_tokens: u64,
+}
+
+impl Default for StepTimeModel {
+    fn default() -> Self {
+        StepTimeModel {
+            quadratic_ms: 4.209989e-7,
+            per_token_ms: 1.518344e-2,
+            pass_ms: 16.50142,
+            decode_ms: 10.0,
+            max_batched_tokens: 8192,
+        }
+    }
+}
+
+impl StepTimeModel {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        non_negative("step_time.quadratic_ms", self.quadratic_ms)?;
+        non_negative("step_time.per_token_ms", self.per_token_ms)?;
+        non_negative("step_time.pass_ms", self.pass_ms)?;
+        non_negative("step_time.decode_ms", self.decode_ms)?;
+        if self.max_batched_tokens == 0 {
+            return Err(ConfigError::OutOfRange { field: "step_time.max_batched_tokens", value: 0.0 });
+        }
+        Ok(())
+    }
+}
+
 /// How a worker is chosen. Every mode tracks load the same way, so baselines are comparable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -58,6 +123,17 @@ pub struct KvRouterConfig {
     pub router_temperature: f64,
     pub tie_break: TieBreak,
     pub router_mode: RouterMode,
+    /// What the `kv` mode minimises.
+    pub cost_model: CostModel,
+    /// With `predicted_ttft`: the engines' step time.
+    pub step_time: StepTimeModel,
+    /// With `predicted_ttft`: the charge for every prompt token the request would recompute
+    /// although another worker holds it, as a multiple of the token's prefill time (a
+    /// duplicate takes cache from other prefixes and splits a conversation's future turns).
+    pub duplicate_cost: f64,
+    /// With `predicted_ttft`: weight of the delay the request inflicts on requests already
+    /// waiting for their first token on the worker (0: purely greedy).
+    pub delay_weight: f64,
 }
 
 impl Default for KvRouterConfig {
@@ -69,6 +145,10 @@ impl Default for KvRouterConfig {
             router_temperature: 0.0,
             tie_break: TieBreak::Random,
             router_mode: RouterMode::Kv,
+            cost_model: CostModel::default(),
+            step_time: StepTimeModel::default(),
+            duplicate_cost: 3.0,
+            delay_weight: 1.0,
         }
     }
 }
@@ -83,6 +163,10 @@ pub struct RouterConfigOverride {
     pub overlap_score_credit: Option<f64>,
     #[serde(default)]
     pub router_temperature: Option<f64>,
+    #[serde(default)]
+    pub cost_model: Option<CostModel>,
+    #[serde(default)]
+    pub duplicate_cost: Option<f64>,
 }
 
 /// A setting out of its range; names the field.
@@ -109,7 +193,10 @@ impl KvRouterConfig {
         }
         non_negative("overlap_score_weight", self.overlap_score_weight)?;
         non_negative("overlap_score_credit", self.overlap_score_credit)?;
-        non_negative("router_temperature", self.router_temperature)
+        non_negative("router_temperature", self.router_temperature)?;
+        non_negative("duplicate_cost", self.duplicate_cost)?;
+        non_negative("delay_weight", self.delay_weight)?;
+        self.step_time.validate()
     }
 
     /// These settings with a request's overrides applied; invalid overrides are rejected.
@@ -124,6 +211,12 @@ impl KvRouterConfig {
             }
             if let Some(v) = o.router_temperature {
                 c.router_temperature = v;
+            }
+            if let Some(v) = o.cost_model {
+                c.cost_model = v;
+            }
+            if let Some(v) = o.duplicate_cost {
+                c.duplicate_cost = v;
             }
         }
         c.validate()?;

@@ -1,17 +1,27 @@
-//! Choosing a worker: Dynamo's cost function and temperature sampling.
+//! Choosing a worker: a cost per candidate, then the cheapest (or a temperature sample).
 //!
-//! `cost(w) = overlap_score_weight * max(0, (active_prefill_tokens(w) + isl) / block_size
-//!            - overlap_score_credit * overlap(w)) + potential_decode_blocks(w)`
+//! Two cost models ([`CostModel`]):
+//! - **`predicted_ttft`** (kvroute's default): the worker's predicted time to first token in
+//!   milliseconds — its queued prefill plus this request's uncached tokens, in passes under the
+//!   engines' step-time fit ([`StepTimeModel`]) — plus the delay the request would add to the
+//!   requests already waiting there (an engine batches prefills into a pass and all of them see
+//!   their first token at its end), plus a charge for recomputing blocks another worker holds
+//!   (`duplicate_cost` × their prefill time: a duplicate takes cache from other prefixes).
+//!   Replays of the Mooncake trace chose the weights; see `bench/RESULTS.md`.
+//! - **`blocks`** (Dynamo's):
+//!   `cost(w) = overlap_score_weight * max(0, (active_prefill_tokens(w) + isl) / block_size
+//!              - overlap_score_credit * overlap(w)) + potential_decode_blocks(w)`;
+//!   with weight 1 and credit 1 it is Dynamo's classic
+//!   `potential_prefill_tokens / block_size + potential_decode_blocks`.
 //!
-//! With the defaults (weight 1, credit 1) this is Dynamo's classic
-//! `potential_prefill_tokens / block_size + potential_decode_blocks`. Temperature 0 picks the
-//! cheapest (ties per [`TieBreak`]); above 0, worker `w` is drawn with probability
-//! ∝ `exp(-((cost(w) - min) / (max - min)) / T)`, uniformly when all costs are equal.
-//! Pure functions over [`Candidate`]s; the caller gathers overlaps and loads and owns the RNG.
+//! Temperature 0 picks the cheapest (ties per [`TieBreak`]); above 0, worker `w` is drawn with
+//! probability ∝ `exp(-((cost(w) - min) / (max - min)) / T)`, uniformly when all costs are
+//! equal. Pure functions over [`Candidate`]s; the caller gathers overlaps and loads and owns
+//! the RNG.
 
 mod config;
 
-pub use config::{ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode, TieBreak};
+pub use config::{ConfigError, CostModel, KvRouterConfig, RouterConfigOverride, RouterMode, StepTimeModel, TieBreak};
 
 use kvroute_protocol::Worker;
 use rand::Rng;
@@ -29,6 +39,10 @@ pub struct Candidate {
     pub active_prefill_tokens: u64,
     /// `new blocks of this request on it + its active blocks`.
     pub potential_decode_blocks: u64,
+    /// Requests routed to it and not yet freed.
+    pub active_requests: u64,
+    /// Of those, the ones still waiting for their first token.
+    pub prefilling_requests: u64,
 }
 
 impl Candidate {
@@ -45,6 +59,67 @@ pub fn cost(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
     let raw_prefill_blocks = (c.active_prefill_tokens + isl_tokens) as f64 / bs;
     let prefill = (raw_prefill_blocks - config.overlap_score_credit * f64::from(c.overlap_blocks)).max(0.0);
     config.overlap_score_weight * prefill + c.potential_decode_blocks as f64
+}
+
+/// Milliseconds until `c` would return the first token of a request of `isl_tokens`: its
+/// queued prefill and this request's uncached tokens, in passes of at most
+/// `max_batched_tokens`, each with the decode step while it has requests decoding. The
+/// engine computes at least one prompt token even when all are cached.
+pub fn predicted_ttft_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
+    let cached = (u64::from(c.overlap_blocks) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
+    prefill_ms(c.active_prefill_tokens + isl_tokens - cached, c.active_requests > 0, &config.step_time)
+}
+
+/// Milliseconds to prefill `tokens` in full passes, with a decode step in each when `decoding`.
+fn prefill_ms(tokens: u64, decoding: bool, m: &StepTimeModel) -> f64 {
+    if tokens == 0 {
+        return 0.0;
+    }
+    let batch = m.max_batched_tokens.max(1);
+    let (full, rest) = (tokens / batch, tokens % batch);
+    let passes = (full + u64::from(rest > 0)).max(1);
+    let squares = full as f64 * (batch as f64).powi(2) + (rest as f64).powi(2);
+    let prefill = m.quadratic_ms * squares + m.per_token_ms * tokens as f64 + m.pass_ms * passes as f64;
+    let decode = if decoding { m.decode_ms * passes as f64 } else { 0.0 };
+    prefill + decode
+}
+
+/// Milliseconds the request would add to the first token of the requests already waiting on
+/// `c`: an engine fills each pass with every prefill it can, and all of them see their first
+/// token at its end, so the request's uncached tokens that fit in the room left in the last
+/// pass of the queue delay everyone waiting.
+pub fn delay_inflicted_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
+    let m = &config.step_time;
+    let cached = (u64::from(c.overlap_blocks) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
+    let batch = m.max_batched_tokens.max(1);
+    let last_pass = c.active_prefill_tokens % batch;
+    if c.prefilling_requests == 0 || last_pass == 0 {
+        return 0.0;
+    }
+    let joining = (isl_tokens - cached).min(batch - last_pass);
+    let chunk = |t: u64| m.quadratic_ms * (t as f64).powi(2) + m.per_token_ms * t as f64;
+    c.prefilling_requests as f64 * (chunk(last_pass + joining) - chunk(last_pass))
+}
+
+/// The `predicted_ttft` cost in milliseconds: [`predicted_ttft_ms`], plus `delay_weight` ×
+/// [`delay_inflicted_ms`], plus `duplicate_cost` × the prefill time of every token of the best
+/// cached prefix among the candidates (`best_overlap` blocks) that `c` lacks.
+pub fn predicted_ttft_cost(c: &Candidate, isl_tokens: u64, best_overlap: u32, config: &KvRouterConfig) -> f64 {
+    let duplicate_tokens = u64::from(best_overlap.saturating_sub(c.overlap_blocks)) * u64::from(config.block_size);
+    predicted_ttft_ms(c, isl_tokens, config)
+        + config.delay_weight * delay_inflicted_ms(c, isl_tokens, config)
+        + config.duplicate_cost * config.step_time.per_token_ms * duplicate_tokens as f64
+}
+
+/// Every candidate's cost under `config.cost_model`, in candidate order.
+pub fn costs(candidates: &[Candidate], isl_tokens: u64, config: &KvRouterConfig) -> Vec<f64> {
+    match config.cost_model {
+        CostModel::Blocks => candidates.iter().map(|c| cost(c, isl_tokens, config)).collect(),
+        CostModel::PredictedTtft => {
+            let best = candidates.iter().map(|c| c.overlap_blocks).max().unwrap_or(0);
+            candidates.iter().map(|c| predicted_ttft_cost(c, isl_tokens, best, config)).collect()
+        }
+    }
 }
 
 /// Index of the least loaded candidate: fewest in-flight requests, then fewest prefill tokens
@@ -66,7 +141,7 @@ pub fn choose(
     if candidates.is_empty() {
         return None;
     }
-    let costs: Vec<f64> = candidates.iter().map(|c| cost(c, isl_tokens, config)).collect();
+    let costs = costs(candidates, isl_tokens, config);
     let chosen = if config.router_temperature > 0.0 {
         sample(&costs, config.router_temperature, rng)
     } else {
@@ -117,14 +192,96 @@ mod tests {
             cached_blocks: 0,
             active_prefill_tokens: 0,
             potential_decode_blocks: request_blocks + active_blocks,
+            active_requests: 0,
+            prefilling_requests: 0,
         }
+    }
+
+    fn blocks_config() -> KvRouterConfig {
+        KvRouterConfig { cost_model: CostModel::Blocks, ..KvRouterConfig::default() }
+    }
+
+    /// Milliseconds of one pass of `t` prefill tokens under the default step-time fit.
+    fn pass(t: f64) -> f64 {
+        4.209989e-7 * t * t + 1.518344e-2 * t + 16.50142
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn predicted_ttft_is_the_queue_and_the_uncached_tokens_in_passes() {
+        let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
+        // Idle worker, 1,000 tokens of which 5 blocks (320) cached: one pass of 680 tokens.
+        let idle = Candidate { overlap_blocks: 5, ..candidate(1, 0, 0, 0) };
+        assert!(close(predicted_ttft_ms(&idle, 1000, &config), pass(680.0)));
+        // Fully cached: the engine still computes one token.
+        let all = Candidate { overlap_blocks: 2, ..candidate(1, 0, 0, 0) };
+        assert!(close(predicted_ttft_ms(&all, 128, &config), pass(1.0)));
+        // 10,000 queued + 1,000 new tokens while others decode: a full pass and 2,808 more, each
+        // with a decode step.
+        let busy = Candidate { active_prefill_tokens: 10_000, active_requests: 3, ..candidate(1, 0, 0, 0) };
+        let expected = pass(8192.0) + pass(2808.0) + 2.0 * config.step_time.decode_ms;
+        assert!(close(predicted_ttft_ms(&busy, 1000, &config), expected));
+    }
+
+    #[test]
+    fn joining_a_pass_delays_everyone_waiting_in_it() {
+        let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
+        // A pass's token-dependent part (the overhead is paid anyway).
+        let chunk = |t: f64| pass(t) - 16.50142;
+        // Two requests wait with 1,000 tokens; 500 more join their pass.
+        let waiting = Candidate { active_prefill_tokens: 1000, prefilling_requests: 2, active_requests: 2, ..candidate(1, 0, 0, 0) };
+        let delay = delay_inflicted_ms(&waiting, 500, &config);
+        assert!(close(delay, 2.0 * (chunk(1500.0) - chunk(1000.0))), "{delay}");
+        // Only the room left in the queue's last pass counts.
+        let full = Candidate { active_prefill_tokens: 8192, ..waiting };
+        assert_eq!(delay_inflicted_ms(&full, 500, &config), 0.0);
+        let almost = Candidate { active_prefill_tokens: 8000, prefilling_requests: 1, ..waiting };
+        assert!(close(delay_inflicted_ms(&almost, 5000, &config), chunk(8192.0) - chunk(8000.0)));
+        // Nobody waiting, nobody delayed.
+        assert_eq!(delay_inflicted_ms(&candidate(1, 0, 0, 0), 500, &config), 0.0);
+    }
+
+    #[test]
+    fn predicted_ttft_trades_the_cache_against_the_queue() {
+        let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
+        let rng = &mut SmallRng::seed_from_u64(0);
+        // 6,400 tokens, 90 blocks cached on A. A short queue on A: A wins.
+        let a = Candidate { overlap_blocks: 90, active_prefill_tokens: 500, prefilling_requests: 1, active_requests: 1, ..candidate(1, 0, 0, 0) };
+        let b = candidate(2, 0, 0, 0);
+        assert_eq!(choose(&[a, b], 6400, &config, rng).unwrap().0, 0);
+        // A long queue on A (a 60k-token prefill ahead): B, despite recomputing.
+        let a = Candidate { active_prefill_tokens: 60_000, ..a };
+        assert_eq!(choose(&[a, b], 6400, &config, rng).unwrap().0, 1);
+        // Equal caches: the idle worker, and no duplicate charge on either.
+        let a = Candidate { overlap_blocks: 0, active_prefill_tokens: 500, ..a };
+        let (i, costs) = choose(&[a, b], 6400, &config, rng).unwrap();
+        assert_eq!(i, 1);
+        assert!(close(costs[1], pass(6400.0)));
+    }
+
+    #[test]
+    fn the_duplicate_charge_keeps_a_prefix_where_it_is_when_the_wait_is_short() {
+        let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
+        // A holds 20 blocks (1,280 tokens) and has a short queue that makes it slower than idle
+        // B by less than the duplicate charge but more than the recompute time alone.
+        let a = Candidate { overlap_blocks: 20, active_prefill_tokens: 2000, active_requests: 1, ..candidate(1, 0, 0, 0) };
+        let b = candidate(2, 0, 0, 0);
+        let ttft = |c: &Candidate| predicted_ttft_ms(c, 2000, &config);
+        assert!(ttft(&a) > ttft(&b), "B would answer first");
+        let rng = &mut SmallRng::seed_from_u64(0);
+        assert_eq!(choose(&[a, b], 2000, &config, rng).unwrap().0, 0, "but A keeps the prefix");
+        let greedy = KvRouterConfig { duplicate_cost: 0.0, ..config };
+        assert_eq!(choose(&[a, b], 2000, &greedy, rng).unwrap().0, 1);
     }
 
     #[test]
     fn dynamo_worked_example_picks_the_second_worker() {
         // Block size 16, weight 1, a request of 128 tokens (8 blocks).
         // A: no overlap, 2 active blocks; B: overlap 6; C: overlap 5.
-        let config = KvRouterConfig::default();
+        let config = blocks_config();
         let cs = [candidate(1, 0, 2, 8), candidate(2, 6, 0, 8), candidate(3, 5, 0, 8)];
         let (chosen, costs) = choose(&cs, 128, &config, &mut SmallRng::seed_from_u64(0)).unwrap();
         assert_eq!(costs, vec![18.0, 10.0, 11.0]);
@@ -140,9 +297,9 @@ mod tests {
 
     #[test]
     fn weight_zero_ignores_prefill_and_credit_caps_at_zero() {
-        let mut config = KvRouterConfig { overlap_score_weight: 0.0, ..KvRouterConfig::default() };
+        let mut config = KvRouterConfig { overlap_score_weight: 0.0, ..blocks_config() };
         assert_eq!(cost(&candidate(1, 0, 5, 8), 128, &config), 13.0);
-        config = KvRouterConfig { overlap_score_credit: 4.0, ..KvRouterConfig::default() };
+        config = KvRouterConfig { overlap_score_credit: 4.0, ..blocks_config() };
         assert_eq!(cost(&candidate(1, 8, 0, 8), 128, &config), 8.0);
     }
 
@@ -174,7 +331,7 @@ mod tests {
     #[test]
     fn temperature_spreads_picks_in_cost_order() {
         let cs = [candidate(1, 0, 0, 4), candidate(2, 0, 20, 4), candidate(3, 0, 40, 4)];
-        let config = KvRouterConfig { router_temperature: 0.5, ..KvRouterConfig::default() };
+        let config = KvRouterConfig { router_temperature: 0.5, ..blocks_config() };
         let mut rng = SmallRng::seed_from_u64(3);
         let mut counts = [0usize; 3];
         for _ in 0..3000 {

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kvroute_protocol::api::{BestWorkerResponse, RequestIdBody, RouteQuery};
+use kvroute_protocol::api::{RequestIdBody, RouteQuery};
 use kvroute_protocol::events::parse_router_events;
 use kvroute_protocol::openai::Prompt;
 use kvroute_protocol::HashSeed;
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{error_response, ApiError, Shared};
 use crate::load::LoadError;
-use crate::router::{BlockedRequest, RouteError, RouteOptions, Routed};
+use crate::router::{BlockedRequest, RouteError, RouteOptions};
 use crate::select::RouterConfigOverride;
 
 /// Parse a JSON body or answer 400 saying why.
@@ -80,18 +80,6 @@ impl From<RouteError> for ApiError {
     }
 }
 
-pub(crate) fn answer(r: &Routed) -> BestWorkerResponse {
-    BestWorkerResponse {
-        worker_id: r.worker.worker_id,
-        dp_rank: r.worker.dp_rank,
-        overlap_blocks: r.overlap_blocks,
-        request_blocks: r.request_blocks,
-        potential_prefill_tokens: r.potential_prefill_tokens,
-        potential_decode_blocks: r.potential_decode_blocks,
-        cost: r.cost,
-    }
-}
-
 pub async fn best_worker(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let q: RouteQuery = match parse(&body, "best_worker request") {
         Ok(q) => q,
@@ -106,7 +94,7 @@ pub async fn best_worker(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
     match routed {
         Ok(r) => {
             shared.metrics.probes.inc();
-            Json(answer(&r)).into_response()
+            Json(r.answer()).into_response()
         }
         Err(e) => ApiError::from(e).into_response(),
     }
