@@ -2,12 +2,20 @@
 //! means what it means to the local router: prefill work not covered by the cache, plus decode
 //! load.
 //!
-//! `cost = prefill_weight * potential_prefill_tokens / block_size + potential_decode_blocks`,
-//! from the probe (the group's chosen worker: its prefill queue plus this request's uncached
-//! tokens, and its blocks after admitting the request). A long cached prefix shows as few
-//! prefill tokens, so the pool holding it wins unless it is so loaded that an idle pool with a
-//! slightly shorter hit is cheaper. The probe's own `cost` is not used: each group may run a
-//! different router config, so only the raw figures are comparable across pools.
+//! Two ways to cost a pool ([`KvOverlapCost`]):
+//! - `blocks` (default):
+//!   `prefill_weight * potential_prefill_tokens / block_size + potential_decode_blocks`, from
+//!   the probe's raw figures (the group's chosen worker: its prefill queue plus this request's
+//!   uncached tokens, and its blocks after admitting the request) — comparable across groups
+//!   whatever router config each runs;
+//! - `router_ms`: the probe's own `cost`, which routers with the `predicted_ttft` cost model
+//!   (kvroute's default) give in milliseconds of predicted time to first token, plus
+//!   `duplicate_token_ms` for every token of the best cached prefix among the pools that this
+//!   pool lacks — the same trade-off the local router makes between its workers, one level up.
+//!   Every group must run `predicted_ttft`.
+//!
+//! Either way a long cached prefix shows as little prefill, so the pool holding it wins unless
+//! it is so loaded that an idle pool with a slightly shorter hit is cheaper.
 //!
 //! Among the first priority tier: probed pools only, unless none answered (then the unprobed
 //! ones, by load). Ties: fewest in flight, then at random.
@@ -31,13 +39,28 @@ use crate::score::Choice;
 pub struct KvOverlapConfig {
     /// Tokens per KV block, as in the engines (to turn prefill tokens into blocks).
     pub block_size: u32,
-    /// Weight of prefill against decode load (Dynamo's `overlap_score_weight`).
+    /// `blocks`: weight of prefill against decode load (Dynamo's `overlap_score_weight`).
     pub prefill_weight: f64,
+    pub cost: KvOverlapCost,
+    /// `router_ms`: milliseconds charged per token of another pool's longer cached prefix
+    /// (default: 3 × the 0.0152 ms a token takes to prefill, as the local router charges).
+    pub duplicate_token_ms: f64,
+}
+
+/// How [`KvOverlapConfig`] costs a pool from its probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvOverlapCost {
+    /// Prefill blocks (weighted) plus decode blocks, from the probe's figures.
+    #[default]
+    Blocks,
+    /// The probe's predicted time to first token plus a duplicate charge.
+    RouterMs,
 }
 
 impl Default for KvOverlapConfig {
     fn default() -> Self {
-        KvOverlapConfig { block_size: 16, prefill_weight: 1.0 }
+        KvOverlapConfig { block_size: 16, prefill_weight: 1.0, cost: KvOverlapCost::Blocks, duplicate_token_ms: 3.0 * 1.518344e-2 }
     }
 }
 
@@ -53,13 +76,28 @@ impl KvOverlapConfig {
                 format!("must be a finite number >= 0, got {}", self.prefill_weight),
             ));
         }
+        if !(self.duplicate_token_ms.is_finite() && self.duplicate_token_ms >= 0.0) {
+            return Err(ConfigError::new(
+                "duplicate_token_ms",
+                format!("must be a finite number >= 0, got {}", self.duplicate_token_ms),
+            ));
+        }
         Ok(())
     }
 
-    /// The cost of sending the request to the pool that answered `probe` (lower is better).
-    pub fn cost(&self, probe: &BestWorkerResponse) -> f64 {
-        self.prefill_weight * probe.potential_prefill_tokens as f64 / f64::from(self.block_size)
-            + probe.potential_decode_blocks as f64
+    /// The cost of sending the request to the pool that answered `probe` (lower is better);
+    /// `best_overlap` is the longest cached prefix any probed pool reported.
+    pub fn cost(&self, probe: &BestWorkerResponse, best_overlap: u32) -> f64 {
+        match self.cost {
+            KvOverlapCost::Blocks => {
+                self.prefill_weight * probe.potential_prefill_tokens as f64 / f64::from(self.block_size)
+                    + probe.potential_decode_blocks as f64
+            }
+            KvOverlapCost::RouterMs => {
+                let missing = u64::from(best_overlap.saturating_sub(probe.overlap_blocks)) * u64::from(self.block_size);
+                probe.cost + self.duplicate_token_ms * missing as f64
+            }
+        }
     }
 }
 
@@ -70,7 +108,8 @@ pub(crate) fn choose<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Option<Choice> {
     let tier = first_tier(views, eligible);
-    let cost = |i: usize| views[i].probe.map(|p| config.cost(p));
+    let best_overlap = tier.iter().filter_map(|&i| views[i].probe).map(|p| p.overlap_blocks).max().unwrap_or(0);
+    let cost = |i: usize| views[i].probe.map(|p| config.cost(p, best_overlap));
     let in_flight = |a: usize, b: usize| views[a].state.in_flight.cmp(&views[b].state.in_flight);
     let probed: Vec<usize> = tier.iter().copied().filter(|&i| cost(i).is_some()).collect();
     let pool = if probed.is_empty() {
@@ -133,6 +172,30 @@ mod tests {
     }
 
     #[test]
+    fn router_ms_compares_predicted_ttft_plus_the_duplicate_charge() {
+        let config = KvOverlapConfig { block_size: 64, cost: KvOverlapCost::RouterMs, ..KvOverlapConfig::default() };
+        let policy = Policy::KvOverlap(config.clone());
+        // a holds 10 blocks and answers in 120 ms; b holds none and answers in 100 ms, but
+        // recomputing 640 tokens someone holds costs 640 × 0.0455 ≈ 29 ms more: a.
+        let a = BestWorkerResponse { cost: 120.0, ..probe(10, 0, 0) };
+        let b = BestWorkerResponse { cost: 100.0, ..probe(0, 0, 0) };
+        let mut s = Pools::new(&["a", "b"]).selector(policy.clone(), 0);
+        let d = s.decide(&features(None), &[PoolState::IDLE; 2], &[Some(&a), Some(&b)]).unwrap();
+        assert_eq!(d.pool_name, "a");
+        assert!((config.cost(&b, 10) - (100.0 + 640.0 * config.duplicate_token_ms)).abs() < 1e-9);
+        // a's queue makes it 200 ms slower: b.
+        let a = BestWorkerResponse { cost: 300.0, ..a };
+        let d = s.decide(&features(None), &[PoolState::IDLE; 2], &[Some(&a), Some(&b)]).unwrap();
+        assert_eq!(d.pool_name, "b");
+        let bad: Result<Policy, _> = serde_json::from_str(r#"{"type": "kv_overlap", "cost": "router_ms", "duplicate_token_ms": -1}"#);
+        let config = crate::SelectConfig { pools: Pools::new(&["a"]).facts, policy: bad.unwrap() };
+        let Err(err) = crate::Selector::new(config, <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(0)) else {
+            panic!("a negative duplicate_token_ms was accepted");
+        };
+        assert!(err.to_string().contains("duplicate_token_ms"), "{err}");
+    }
+
+    #[test]
     fn equal_costs_go_to_the_pool_with_fewer_in_flight() {
         let p = probe(0, 128, 8);
         let pools = Pools::new(&["a", "b"]).in_flight(0, 3).in_flight(1, 1);
@@ -174,7 +237,7 @@ mod tests {
     #[test]
     fn prefill_weight_zero_compares_decode_load_only() {
         let c = KvOverlapConfig { prefill_weight: 0.0, ..KvOverlapConfig::default() };
-        assert_eq!(c.cost(&probe(0, 1_000_000, 7)), 7.0);
+        assert_eq!(c.cost(&probe(0, 1_000_000, 7), 0), 7.0);
     }
 
     #[test]

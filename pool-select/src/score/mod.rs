@@ -19,7 +19,7 @@ use crate::config::ConfigError;
 use crate::pool::PoolFacts;
 
 pub use grid::{AggGrid, DecodeGrid, GridConfig, PrefillGrid, PriorityOverride};
-pub use kv_overlap::KvOverlapConfig;
+pub use kv_overlap::{KvOverlapConfig, KvOverlapCost};
 
 /// How the pool is chosen among the eligible ones, e.g. `{"type": "kv_overlap", "block_size": 16}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn policy_parses_from_its_type_tag_with_defaults() {
         let p: Policy = serde_json::from_str(r#"{"type": "kv_overlap", "block_size": 16}"#).unwrap();
-        assert_eq!(p, Policy::KvOverlap(KvOverlapConfig { block_size: 16, prefill_weight: 1.0 }));
+        assert_eq!(p, Policy::KvOverlap(KvOverlapConfig { block_size: 16, prefill_weight: 1.0, ..KvOverlapConfig::default() }));
         let p: Policy = serde_json::from_str(r#"{"type": "round_robin"}"#).unwrap();
         assert_eq!(p, Policy::RoundRobin {});
     }
