@@ -8,7 +8,11 @@
 //!
 //! - [`trace`]: the Mooncake trace format, hash-id → token expansion (as Dynamo's), time scale;
 //! - [`sim`]: the discrete-event loop in virtual time and the per-request records;
-//! - [`summary`]: percentiles, throughput and prefix reuse, and the printable table.
+//! - [`summary`]: percentiles, throughput and prefix reuse, and the printable table;
+//! - [`compare`]: the standard routing settings side by side, as a table and charts;
+//! - [`floor`]: the physical floor of TTFT (each request alone on an idle worker holding what
+//!   the trace reused before it), with an infinite or a shared LRU cache;
+//! - [`plot`]: SVG charts of a comparison (TTFT CDFs, per-policy bars).
 //!
 //! Pure: no async runtime, no clock, randomness only from the seed.
 //!
@@ -30,10 +34,15 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod compare;
+pub mod floor;
+pub mod plot;
 pub mod sim;
 pub mod summary;
 pub mod trace;
 
-pub use sim::{run, ReplayConfig, ReplayError, ReplayOutcome, RequestRecord, SimStats};
+pub use floor::{ttft_floor, FloorCache, FloorError, FloorRecord, TtftFloor};
+pub use plot::{bars_svg, ttft_cdf_svg, PlotError, Series};
+pub use sim::{run, PoolSplit, ReplayConfig, ReplayError, ReplayOutcome, RequestRecord, SimStats};
 pub use summary::{Latency, Summary};
 pub use trace::{ReplayRequest, TraceError, TraceOptions, TraceRecord};

@@ -13,6 +13,7 @@
 //! records.
 
 use kvroute_kv_router::router::{BlockedRequest, RouteError, RouteOptions};
+use kvroute_pool_select::{ConfigError as PoolConfigError, PoolFacts, PoolState, RequestFeatures, SelectConfig, SelectError, Selector};
 use kvroute_kv_router::select::ConfigError as RouterConfigError;
 use kvroute_kv_router::{KvRouter, KvRouterConfig};
 use kvroute_mocker::block_pool::CacheEvent;
@@ -21,6 +22,8 @@ use kvroute_mocker::engine::RejectError;
 use kvroute_mocker::server::http_push::to_router_events;
 use kvroute_mocker::{Engine, EngineConfig, EngineRequest, Pass};
 use kvroute_protocol::{HashSeed, Worker};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -39,6 +42,17 @@ pub struct ReplayConfig {
     pub router: KvRouterConfig,
     /// Seeds the router's tie-breaks and the output tokens.
     pub seed: u64,
+    /// Split the workers into pools, each behind its own router, chosen per request by
+    /// `pool-select` (as the global router does); `None`: one router over all workers.
+    pub pools: Option<PoolSplit>,
+}
+
+/// Workers in pools: `sizes` (summing to the worker count), named `pool-0`, `pool-1`, …, and
+/// the pool-selection policy over them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSplit {
+    pub sizes: Vec<usize>,
+    pub policy: kvroute_pool_select::Policy,
 }
 
 impl ReplayConfig {
@@ -50,6 +64,7 @@ impl ReplayConfig {
         let router = KvRouterConfig {
             block_size: engine.block_size as u32,
             router_mode: mode,
+            cost_model: kvroute_kv_router::select::CostModel::Blocks,
             ..KvRouterConfig::default()
         };
         ReplayConfig {
@@ -57,6 +72,7 @@ impl ReplayConfig {
             engine,
             router,
             seed: 0,
+            pools: None,
         }
     }
 }
@@ -78,6 +94,12 @@ pub enum ReplayError {
     Bookkeeping { request: usize, message: String },
     #[error("worker {worker} has work but its pass did nothing (stuck)")]
     Stuck { worker: usize },
+    #[error("pool sizes {sizes:?} must be non-empty and sum to the {workers} workers")]
+    PoolSizes { sizes: Vec<usize>, workers: usize },
+    #[error("pool selection config: {0}")]
+    PoolConfig(#[from] PoolConfigError),
+    #[error("choosing a pool for request {request}: {source}")]
+    PoolSelect { request: usize, source: SelectError },
 }
 
 /// What happened to one request.
@@ -88,7 +110,9 @@ pub struct RequestRecord {
     pub arrival_ms: f64,
     pub input_length: usize,
     pub output_length: usize,
-    /// The worker the router chose.
+    /// The pool chosen (0 without pools).
+    pub pool: usize,
+    /// The worker the router chose (numbered across pools).
     pub worker: usize,
     /// End of the pass that produced the first token.
     pub first_token_ms: Option<f64>,
@@ -153,7 +177,16 @@ pub fn run(
 
 struct Simulation {
     workers: Vec<WorkerState>,
-    router: KvRouter,
+    /// One router per pool (one in all without pools).
+    routers: Vec<KvRouter>,
+    /// `pool_of[w]`: the pool worker `w` is in.
+    pool_of: Vec<usize>,
+    /// Chooses the pool when there are several.
+    selector: Option<Selector<SmallRng>>,
+    /// Requests routed to each pool and not finished.
+    in_flight: Vec<u64>,
+    /// `request_pool[i]`: the pool request `i` went to.
+    request_pool: Vec<usize>,
     router_block_size: u32,
     seed: u64,
     stats: SimStats,
@@ -171,10 +204,28 @@ impl Simulation {
                 engine: config.engine.block_size,
             });
         }
-        let mut router = KvRouter::with_seed(config.router.clone(), config.seed)?;
+        let sizes = match &config.pools {
+            Some(split) => split.sizes.clone(),
+            None => vec![config.workers],
+        };
+        if sizes.is_empty() || sizes.contains(&0) || sizes.iter().sum::<usize>() != config.workers {
+            return Err(ReplayError::PoolSizes { sizes, workers: config.workers });
+        }
+        let pool_of: Vec<usize> = sizes.iter().enumerate().flat_map(|(p, &n)| std::iter::repeat_n(p, n)).collect();
+        let mut routers = (0..sizes.len())
+            .map(|p| KvRouter::with_seed(config.router.clone(), config.seed.wrapping_add(p as u64)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let selector = match &config.pools {
+            Some(split) if sizes.len() > 1 => {
+                let pools = (0..sizes.len()).map(|p| PoolFacts::new(format!("pool-{p}"))).collect();
+                let select = SelectConfig { pools, policy: split.policy.clone() };
+                Some(Selector::new(select, SmallRng::seed_from_u64(config.seed))?)
+            }
+            _ => None,
+        };
         let workers = (0..config.workers)
             .map(|w| {
-                router.add_worker(worker_of(w));
+                routers[pool_of[w]].add_worker(worker_of(w));
                 WorkerState {
                     engine: Engine::new(config.engine.clone()),
                     busy: None,
@@ -184,7 +235,11 @@ impl Simulation {
             .collect();
         Ok(Simulation {
             workers,
-            router,
+            in_flight: vec![0; routers.len()],
+            routers,
+            pool_of,
+            selector,
+            request_pool: Vec::new(),
             router_block_size: config.router.block_size,
             seed: config.seed,
             stats: SimStats::default(),
@@ -195,6 +250,7 @@ impl Simulation {
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by(|&a, &b| requests[a].arrival_ms.total_cmp(&requests[b].arrival_ms));
         let mut records: Vec<Option<RequestRecord>> = vec![None; requests.len()];
+        self.request_pool = vec![0; requests.len()];
         let mut next = 0;
         loop {
             let next_pass = self
@@ -285,15 +341,16 @@ impl Simulation {
                 request: id,
                 message: e.to_string(),
             };
+            let pool = self.request_pool[id];
+            let router = &mut self.routers[pool];
             if t.first {
                 r.first_token_ms = Some(now);
-                self.router
-                    .mark_prefill_complete(&key)
-                    .map_err(bookkeeping)?;
+                router.mark_prefill_complete(&key).map_err(bookkeeping)?;
             }
             if t.finish.is_some() {
                 r.finish_ms = Some(now);
-                self.router.free(&key).map_err(bookkeeping)?;
+                router.free(&key).map_err(bookkeeping)?;
+                self.in_flight[pool] -= 1;
             }
         }
         self.stats.end_ms = self.stats.end_ms.max(now);
@@ -307,12 +364,32 @@ impl Simulation {
         let state = &mut self.workers[w];
         let converted = to_router_events(worker_of(w), state.next_event_id, events);
         state.next_event_id += converted.len() as u64;
+        let router = &mut self.routers[self.pool_of[w]];
         for e in &converted {
             self.stats.kv_events += 1;
-            if self.router.apply_event(e).is_err() {
+            if router.apply_event(e).is_err() {
                 self.stats.kv_events_rejected += 1;
             }
         }
+    }
+
+    /// The pool for a request: the only one, or `pool-select`'s choice from every pool
+    /// router's query-only answer (as the global router probes its groups).
+    fn choose_pool(&mut self, i: usize, blocked: &BlockedRequest) -> Result<usize, ReplayError> {
+        let Some(selector) = self.selector.as_mut() else { return Ok(0) };
+        let probes = self
+            .routers
+            .iter_mut()
+            .map(|r| r.best_worker(blocked, RouteOptions::default()).map(|routed| routed.answer()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ReplayError::Route { request: i, source })?;
+        let probes: Vec<_> = probes.iter().map(Some).collect();
+        let states: Vec<PoolState> = self.in_flight.iter().map(|&in_flight| PoolState { healthy: true, in_flight }).collect();
+        let features = RequestFeatures { isl_tokens: blocked.isl_tokens, ..RequestFeatures::default() };
+        let decision = selector
+            .decide(&features, &states, &probes)
+            .map_err(|source| ReplayError::PoolSelect { request: i, source })?;
+        Ok(decision.pool)
     }
 
     /// Route an arriving request and queue it on the chosen engine.
@@ -322,21 +399,24 @@ impl Simulation {
             self.router_block_size,
             HashSeed::default(),
         );
+        let pool = self.choose_pool(i, &blocked)?;
         let key = i.to_string();
         let options = RouteOptions {
             request_id: Some(&key),
             ..RouteOptions::default()
         };
-        let routed = self
-            .router
+        let routed = self.routers[pool]
             .best_worker(&blocked, options)
             .map_err(|source| ReplayError::Route { request: i, source })?;
         let w = routed.worker.worker_id as usize;
+        self.request_pool[i] = pool;
+        self.in_flight[pool] += 1;
         let mut record = RequestRecord {
             index: request.index,
             arrival_ms: request.arrival_ms,
             input_length: request.prompt.len(),
             output_length: request.output_length,
+            pool,
             worker: w,
             first_token_ms: None,
             finish_ms: None,
@@ -356,7 +436,8 @@ impl Simulation {
         };
         if let Err(e) = self.workers[w].engine.add(engine_request) {
             record.rejected = Some(e.to_string());
-            let _ = self.router.free(&key);
+            let _ = self.routers[pool].free(&key);
+            self.in_flight[pool] -= 1;
             if matches!(e, RejectError::Duplicate(_)) {
                 return Err(ReplayError::Bookkeeping {
                     request: i,

@@ -3,11 +3,12 @@
 //! prompt tokens, plus `decode_ms(Σ len of decoders / capacity)` when something decodes.
 
 use kvroute_kv_router::select::RouterMode;
+use kvroute_kv_router::KvRouterConfig;
 use kvroute_mocker::timing::{decode_ms, prefill_ms};
 use kvroute_protocol::{block_hashes, HashSeed};
 use kvroute_replay::trace::{expand, parse_records};
 use kvroute_replay::{
-    run, ReplayConfig, ReplayOutcome, Summary, TraceError, TraceOptions, TraceRecord,
+    run, PoolSplit, ReplayConfig, ReplayOutcome, Summary, TraceError, TraceOptions, TraceRecord,
 };
 
 const CAPACITY_TOKENS: f64 = (16384 * 64) as f64;
@@ -254,4 +255,80 @@ fn the_first_500_trace_requests_replay() {
     let s = Summary::of(&out.records);
     assert_eq!(s.completed, 500);
     assert!(s.prefix_reuse_ratio > 0.05 && s.ttft_ms.mean > 100.0, "{s}");
+}
+
+fn pooled(policy: &str, records: &[TraceRecord]) -> ReplayOutcome {
+    let requests = expand(records, &TraceOptions::default()).unwrap();
+    let config = ReplayConfig {
+        router: KvRouterConfig { block_size: 64, ..KvRouterConfig::default() },
+        pools: Some(PoolSplit { sizes: vec![2, 2], policy: serde_json::from_str(policy).unwrap() }),
+        ..ReplayConfig::dynamo_defaults(4, RouterMode::Kv)
+    };
+    run(&config, &requests).unwrap()
+}
+
+#[test]
+fn pools_chosen_by_overlap_follow_a_prefix_to_its_pool() {
+    // Two conversations; each turn extends the previous one's prompt.
+    let records: Vec<TraceRecord> = (0..8u64)
+        .map(|i| {
+            let conversation = i % 2;
+            let turn = i / 2;
+            let ids: Vec<u64> = (0..=turn + 1).map(|k| conversation * 100 + k).collect();
+            rec(i * 5_000, ids.len() * 512, 2, &ids)
+        })
+        .collect();
+    let out = pooled(r#"{"type": "kv_overlap", "block_size": 64, "cost": "router_ms"}"#, &records);
+    for later in 2..8 {
+        let earlier = &out.records[later - 2];
+        assert_eq!(out.records[later].pool, earlier.pool, "turn {later} follows its conversation");
+        assert_eq!(out.records[later].cached_tokens, earlier.input_length, "and finds it cached");
+    }
+    // Workers are numbered across pools: pool 0 holds workers 0 and 1, pool 1 workers 2 and 3.
+    assert!(out.records.iter().all(|r| r.worker / 2 == r.pool));
+}
+
+#[test]
+fn a_grid_pool_choice_splits_by_prompt_length() {
+    let grid = r#"{"type": "grid",
+        "prefill": {"isl_min": 0, "isl_max": 4096, "isl_resolution": 2, "ttft_min_ms": 0, "ttft_max_ms": 1000,
+                    "ttft_resolution": 1, "prefill_pool_mapping": [["pool-0"], ["pool-1"]]},
+        "decode": {"context_length_min": 0, "context_length_max": 4096, "context_length_resolution": 2,
+                   "itl_min_ms": 0, "itl_max_ms": 100, "itl_resolution": 1, "decode_pool_mapping": [["pool-0"], ["pool-1"]]}}"#;
+    let records = [rec(0, 1000, 2, &[1, 2]), rec(100, 3000, 2, &[3, 4, 5, 6, 7, 8]), rec(200, 1500, 2, &[9, 10, 11])];
+    let pools: Vec<usize> = pooled(grid, &records).records.iter().map(|r| r.pool).collect();
+    assert_eq!(pools, [0, 1, 0]);
+}
+
+#[test]
+fn pool_sizes_must_cover_the_workers() {
+    let requests = expand(&[rec(0, 10, 1, &[0])], &TraceOptions::default()).unwrap();
+    let config = ReplayConfig {
+        pools: Some(PoolSplit { sizes: vec![2, 1], policy: kvroute_pool_select::Policy::default() }),
+        ..ReplayConfig::dynamo_defaults(4, RouterMode::Kv)
+    };
+    let err = run(&config, &requests).unwrap_err();
+    assert!(err.to_string().contains("sum to the 4 workers"), "{err}");
+}
+
+#[test]
+fn the_predicted_ttft_router_spreads_a_burst_and_keeps_conversations_together() {
+    // Eight simultaneous new conversations on four workers, then their second turns.
+    let mut records: Vec<TraceRecord> = (0..8u64).map(|c| rec(0, 2048, 2, &[c * 10, c * 10 + 1, c * 10 + 2, c * 10 + 3])).collect();
+    records.extend((0..8u64).map(|c| rec(20_000, 3072, 2, &[c * 10, c * 10 + 1, c * 10 + 2, c * 10 + 3, c * 10 + 4, c * 10 + 5])));
+    let requests = expand(&records, &TraceOptions::default()).unwrap();
+    let config = ReplayConfig {
+        router: KvRouterConfig { block_size: 64, ..KvRouterConfig::default() },
+        ..ReplayConfig::dynamo_defaults(4, RouterMode::Kv)
+    };
+    let out = run(&config, &requests).unwrap();
+    let mut per_worker = [0; 4];
+    for r in &out.records[..8] {
+        per_worker[r.worker] += 1;
+    }
+    assert_eq!(per_worker, [2; 4], "the burst is spread evenly");
+    for c in 0..8 {
+        assert_eq!(out.records[8 + c].worker, out.records[c].worker, "turn 2 of conversation {c}");
+        assert_eq!(out.records[8 + c].cached_tokens, 2048);
+    }
 }
