@@ -8,6 +8,7 @@ mod global_router;
 mod kv_router;
 mod mocker;
 mod replay;
+mod replay_live;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -33,7 +34,8 @@ enum Command {
     /// streams the answer back, and retries on the next pool when one fails before answering.
     GlobalRouter(global_router::GlobalRouterArgs),
     /// Replay a request trace (e.g. the Mooncake conversation trace) through simulated workers
-    /// and a router, offline in virtual time, and print TTFT, latency and prefix-reuse figures.
+    /// and a router offline in virtual time, or live against a running stack (--target), and
+    /// print TTFT, latency and prefix-reuse figures.
     Replay(replay::ReplayArgs),
     /// Start a whole stack from one YAML file, in this process: per pool, N mocker workers and
     /// their kv-router, and optionally a global router and an Envoy with the kvroute filter in
@@ -52,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
-        // A pure simulation: no async runtime.
+        // Offline is a pure simulation (no async runtime); live mode builds its own.
         Command::Replay(args) => replay::run_replay(args),
         Command::Mocker(args) => runtime()?.block_on(mocker::run(args)),
         Command::KvRouter(args) => runtime()?.block_on(kv_router::run(args)),

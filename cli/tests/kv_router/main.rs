@@ -7,5 +7,6 @@ mod gaps;
 mod http_events;
 mod lifecycle;
 mod replay;
+mod replay_live;
 mod routing;
 mod up;
