@@ -1,7 +1,10 @@
-//! The discrete-event simulation: mocker engines behind one KV router, in virtual time.
+//! The discrete-event simulation: mocker engines behind a KV router — or several pools, each
+//! behind its own router, chosen per request by `pool-select` — in virtual time.
 //!
 //! Owns the clock and the order of events; the engines ([`kvroute_mocker::Engine`]) own
-//! scheduling, caching and step time, the router ([`KvRouter`]) owns the choice of worker.
+//! scheduling, caching and step time, the routers ([`KvRouter`]) own the choice of worker and
+//! the [`Selector`] the choice of pool (from every pool router's query-only answer, as the
+//! global router probes its groups).
 //! At one timestamp, as Dynamo's offline replay (`drain_current_timestamp`):
 //! 1. passes ending now complete, worker by worker: their KV events reach the router first,
 //!    then their tokens (first token → `mark_prefill_complete`, last → `free`);

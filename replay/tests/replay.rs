@@ -332,3 +332,19 @@ fn the_predicted_ttft_router_spreads_a_burst_and_keeps_conversations_together() 
         assert_eq!(out.records[8 + c].cached_tokens, 2048);
     }
 }
+
+#[test]
+fn requests_arriving_while_their_prefix_is_computed_join_it() {
+    // The same 5,120-token prefix three times, 20 ms apart: the first is still in prefill (no
+    // event yet) when the others arrive.
+    let records: Vec<TraceRecord> = (0..3u64).map(|i| rec(i * 20, 5632, 2, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100 + i])).collect();
+    let requests = expand(&records, &TraceOptions::default()).unwrap();
+    let config = ReplayConfig {
+        router: KvRouterConfig { block_size: 64, ..KvRouterConfig::default() },
+        ..ReplayConfig::dynamo_defaults(4, RouterMode::Kv)
+    };
+    let out = run(&config, &requests).unwrap();
+    assert!(out.records.iter().all(|r| r.worker == out.records[0].worker), "{:?}", out.records);
+    assert!(out.records[1..].iter().all(|r| r.cached_tokens == 5120), "the later ones reuse it");
+    assert!(out.records[1..].iter().all(|r| r.router_overlap_blocks == 0), "before the index knew");
+}

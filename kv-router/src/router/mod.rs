@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::index::{IndexError, KvIndex};
 use crate::load::{ActiveSequences, LoadError, WorkerLoad};
-use crate::select::{choose, costs, least_loaded, Candidate, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
+use crate::select::{choose, costs, least_loaded, Candidate, CostModel, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
 
 /// A request cut into blocks: what every routing call needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,12 +189,14 @@ impl<R: Rng> KvRouter<R> {
             .iter()
             .map(|&worker| {
                 let load = self.active.load(worker);
+                let in_flight_prefix = self.active.shared_prefix(worker, &request.sequence);
                 Candidate {
                     worker,
                     overlap_blocks: overlaps.get(&worker).copied().unwrap_or(0),
+                    in_flight_prefix_blocks: in_flight_prefix as u32,
                     cached_blocks: self.index.cached_blocks(worker) as u64,
                     active_prefill_tokens: load.active_prefill_tokens,
-                    potential_decode_blocks: self.active.new_blocks(worker, &request.sequence) as u64 + load.active_blocks,
+                    potential_decode_blocks: (request.sequence.len() - in_flight_prefix) as u64 + load.active_blocks,
                     active_requests: load.active_requests,
                     prefilling_requests: load.prefilling_requests,
                 }
@@ -271,7 +273,13 @@ impl<R: Rng> KvRouter<R> {
             forced,
         };
         if let Some(id) = options.request_id {
-            self.add_request(id, c.worker, request, c.overlap_blocks)?;
+            // The prefill the worker is expected to do: with predicted_ttft, the part shared
+            // with requests in flight there is not computed again.
+            let cached = match config.cost_model {
+                CostModel::PredictedTtft => c.expected_overlap(),
+                CostModel::Blocks => c.overlap_blocks,
+            };
+            self.add_request(id, c.worker, request, cached)?;
         }
         Ok(routed)
     }

@@ -3,7 +3,9 @@
 //! Two cost models ([`CostModel`]):
 //! - **`predicted_ttft`** (kvroute's default): the worker's predicted time to first token in
 //!   milliseconds — its queued prefill plus this request's uncached tokens, in passes under the
-//!   engines' step-time fit ([`StepTimeModel`]) — plus the delay the request would add to the
+//!   engines' step-time fit ([`StepTimeModel`]), counting as cached what the index says or what
+//!   requests in flight there share with it (their blocks are not in the index until their
+//!   prefill's events arrive) — plus the delay the request would add to the
 //!   requests already waiting there (an engine batches prefills into a pass and all of them see
 //!   their first token at its end), plus a charge for recomputing blocks another worker holds
 //!   (`duplicate_cost` × their prefill time: a duplicate takes cache from other prefixes).
@@ -33,6 +35,10 @@ pub struct Candidate {
     pub worker: Worker,
     /// Consecutive request blocks the worker has cached.
     pub overlap_blocks: u32,
+    /// Consecutive request blocks that requests routed to the worker and still in flight also
+    /// start with: not cached yet (no event has said so), but they will be by the time this
+    /// request is admitted behind them.
+    pub in_flight_prefix_blocks: u32,
     /// Blocks the worker has cached in all (its tree size).
     pub cached_blocks: u64,
     /// Prefill tokens of requests already routed to it and still in prefill.
@@ -46,6 +52,12 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// Blocks the request should find cached when the worker admits it: what the index says,
+    /// or the prefix it shares with requests in flight there, whichever is longer.
+    pub fn expected_overlap(&self) -> u32 {
+        self.overlap_blocks.max(self.in_flight_prefix_blocks)
+    }
+
     /// Tokens the worker would have to prefill: its queue plus this request's uncached part.
     pub fn potential_prefill_tokens(&self, isl_tokens: u64, block_size: u32) -> u64 {
         let cached = u64::from(self.overlap_blocks) * u64::from(block_size);
@@ -66,7 +78,7 @@ pub fn cost(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
 /// `max_batched_tokens`, each with the decode step while it has requests decoding. The
 /// engine computes at least one prompt token even when all are cached.
 pub fn predicted_ttft_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
-    let cached = (u64::from(c.overlap_blocks) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
+    let cached = (u64::from(c.expected_overlap()) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
     prefill_ms(c.active_prefill_tokens + isl_tokens - cached, c.active_requests > 0, &config.step_time)
 }
 
@@ -90,7 +102,7 @@ fn prefill_ms(tokens: u64, decoding: bool, m: &StepTimeModel) -> f64 {
 /// pass of the queue delay everyone waiting.
 pub fn delay_inflicted_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
     let m = &config.step_time;
-    let cached = (u64::from(c.overlap_blocks) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
+    let cached = (u64::from(c.expected_overlap()) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
     let batch = m.max_batched_tokens.max(1);
     let last_pass = c.active_prefill_tokens % batch;
     if c.prefilling_requests == 0 || last_pass == 0 {
@@ -105,7 +117,7 @@ pub fn delay_inflicted_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfi
 /// [`delay_inflicted_ms`], plus `duplicate_cost` × the prefill time of every token of the best
 /// cached prefix among the candidates (`best_overlap` blocks) that `c` lacks.
 pub fn predicted_ttft_cost(c: &Candidate, isl_tokens: u64, best_overlap: u32, config: &KvRouterConfig) -> f64 {
-    let duplicate_tokens = u64::from(best_overlap.saturating_sub(c.overlap_blocks)) * u64::from(config.block_size);
+    let duplicate_tokens = u64::from(best_overlap.saturating_sub(c.expected_overlap())) * u64::from(config.block_size);
     predicted_ttft_ms(c, isl_tokens, config)
         + config.delay_weight * delay_inflicted_ms(c, isl_tokens, config)
         + config.duplicate_cost * config.step_time.per_token_ms * duplicate_tokens as f64
@@ -116,7 +128,7 @@ pub fn costs(candidates: &[Candidate], isl_tokens: u64, config: &KvRouterConfig)
     match config.cost_model {
         CostModel::Blocks => candidates.iter().map(|c| cost(c, isl_tokens, config)).collect(),
         CostModel::PredictedTtft => {
-            let best = candidates.iter().map(|c| c.overlap_blocks).max().unwrap_or(0);
+            let best = candidates.iter().map(Candidate::expected_overlap).max().unwrap_or(0);
             candidates.iter().map(|c| predicted_ttft_cost(c, isl_tokens, best, config)).collect()
         }
     }
@@ -189,6 +201,7 @@ mod tests {
         Candidate {
             worker: Worker::new(id, 0),
             overlap_blocks: overlap,
+            in_flight_prefix_blocks: 0,
             cached_blocks: 0,
             active_prefill_tokens: 0,
             potential_decode_blocks: request_blocks + active_blocks,
@@ -224,6 +237,21 @@ mod tests {
         let busy = Candidate { active_prefill_tokens: 10_000, active_requests: 3, ..candidate(1, 0, 0, 0) };
         let expected = pass(8192.0) + pass(2808.0) + 2.0 * config.step_time.decode_ms;
         assert!(close(predicted_ttft_ms(&busy, 1000, &config), expected));
+    }
+
+    #[test]
+    fn a_prefix_still_being_computed_counts_as_cached_for_the_next_request() {
+        let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
+        let rng = &mut SmallRng::seed_from_u64(0);
+        // A is prefilling a 6,400-token request this one extends; B is idle; the index knows
+        // nothing yet. Queued behind A's prefill, only 640 new tokens: A.
+        let a = Candidate { in_flight_prefix_blocks: 100, active_prefill_tokens: 6400, prefilling_requests: 1, active_requests: 1, ..candidate(1, 0, 0, 0) };
+        let b = candidate(2, 0, 0, 0);
+        assert_eq!(a.expected_overlap(), 100);
+        assert_eq!(choose(&[a, b], 7040, &config, rng).unwrap().0, 0);
+        // Without the in-flight prefix, B (idle) would win.
+        let blind = Candidate { in_flight_prefix_blocks: 0, ..a };
+        assert_eq!(choose(&[blind, b], 7040, &config, rng).unwrap().0, 1);
     }
 
     #[test]
