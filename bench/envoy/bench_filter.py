@@ -15,7 +15,8 @@ Envoys (`--concurrency 1`, log level warn), all built from the shipped `envoy/en
     best_worker JSON with `direct_response` (no work behind it): the bare-callout floor.
     Every pool route still goes to pool a's router, so the upstream work is identical.
 Also timed directly (no Envoy in front): pool a's `POST /best_worker` (one probe's own time) and
-the stub Envoy's answer. The 220 KB prompt is text (--big-chars characters), max_tokens 1.
+the stub Envoy's answer. The 220 KB prompt is text (--big-chars characters), max_tokens 1;
+each measured one differs in its last characters (the router caches recent tokenizations).
 Requests are sequential on one keep-alive connection per Envoy (http.client); figures are
 interleaved in rounds (every figure gets a slice of every round) so machine drift hits them alike.
 The 64-token prompt is warmed into pool a first, so every filtered request is routed to pool a
@@ -24,6 +25,7 @@ The 64-token prompt is warmed into pool a first, so every filtered request is ro
 import argparse
 import copy
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -251,6 +253,13 @@ def main():
         words = "the quick brown fox jumps over a lazy dog while kv caches warm up "
         text = (words * (args.big_chars // len(words) + 1))[:args.big_chars]
         big = json.dumps({"model": MODEL, "prompt": text, "max_tokens": 1})
+        # Every measured 220 KB request ends differently (its last block only): its prefix is
+        # still cached in pool a, but no router has tokenized this exact text before.
+        variants = itertools.count()
+        def body_of(body):
+            if body is not big:
+                return body
+            return json.dumps({"model": MODEL, "prompt": text[:-12] + f"{next(variants):012d}", "max_tokens": 1})
         # Warm both prompts into pool a (its router's index must see the blocks before probing).
         ca = Client(routers["a"].split("//")[1])
         for body in (small, big):
@@ -286,7 +295,7 @@ def main():
         for label, key, body, _, _ in figures:
             path = "/best_worker" if key in ("router-a", "stub") else "/v1/completions"
             for _ in range(20 if body is small else 3):
-                clients[key].post(path, body)
+                clients[key].post(path, body_of(body))
         def counters():
             return {k: (sum((v.stat(f"wasmcustom.kvroute.probe_failures.probe_{i}") or 0) for i in range(4)),
                         v.stat("wasmcustom.kvroute.fallbacks") or 0) for k, v in e.items() if k != "plain"}
@@ -297,7 +306,7 @@ def main():
             for label, key, body, n, _ in figures:
                 path = "/best_worker" if key in ("router-a", "stub") else "/v1/completions"
                 for _ in range(n):
-                    st, pool, dt = clients[key].post(path, body)
+                    st, pool, dt = clients[key].post(path, body_of(body))
                     if st != 200:
                         sys.exit(f"{label}: HTTP {st}")
                     samples[label].append(dt)

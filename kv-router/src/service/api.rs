@@ -35,14 +35,14 @@ pub(crate) fn tokens_of(shared: &Shared, q: &RouteQuery) -> Result<Vec<u32>, Api
     } else if let Some(prompt) = &q.prompt {
         match prompt {
             Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Text(text) => shared.tokenizer.encode(text).map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))?,
+            Prompt::Text(text) => shared.encoded.encode(&shared.tokenizer, text).map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))?.to_vec(),
         }
     } else if let Some(messages) = &q.messages {
         if messages.is_empty() {
             return Err(bad("messages must not be empty".into()));
         }
         let text = shared.tokenizer.apply_chat_template(messages, true).map_err(|e| bad(format!("cannot apply the chat template: {e}")))?;
-        shared.tokenizer.encode(&text).map_err(|e| bad(format!("cannot tokenize the conversation: {e}")))?
+        shared.encoded.encode(&shared.tokenizer, &text).map_err(|e| bad(format!("cannot tokenize the conversation: {e}")))?.to_vec()
     } else {
         return Err(bad("one of token_ids, prompt or messages is required".into()));
     };

@@ -9,12 +9,14 @@
 //!   and release the request's load however it ends (a guard frees it on drop);
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
 //! - `health`: periodic health checks that take failing workers out and put them back;
-//! - `metrics`: Prometheus metrics.
+//! - `metrics`: Prometheus metrics;
+//! - `encode_cache`: recently tokenized texts, so a probe and the request after it tokenize once.
 #![allow(clippy::disallowed_methods)] // the I/O edge may read clocks
 
 pub mod config;
 
 mod api;
+mod encode_cache;
 mod events;
 mod generate;
 mod health;
@@ -77,6 +79,8 @@ pub(crate) struct Shared {
     pub config: ServiceConfig,
     router: Mutex<KvRouter>,
     pub tokenizer: Arc<Tokenizer>,
+    /// Recently tokenized texts (a probe and then the request itself tokenize once).
+    pub encoded: encode_cache::EncodeCache,
     pub workers: Vec<WorkerRuntime>,
     pub http: reqwest::Client,
     pub metrics: metrics::Metrics,
@@ -186,6 +190,7 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
         http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client builds"),
         router: Mutex::new(router),
         tokenizer,
+        encoded: encode_cache::EncodeCache::default(),
         workers,
         metrics,
         next_request: AtomicU64::new(1),
