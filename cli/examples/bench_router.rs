@@ -9,8 +9,9 @@
 //!   on the same router (the HTTP stack's own floor);
 //! - `generate` (`/v1/completions`, 64-token prompt, 1 output token) through the router, vs
 //!   the same request sent to a mocker directly: the difference is the router's overhead;
-//! - the same through a global router (policy `kv_overlap`: one probe of the pool's router,
-//!   then the forward) in front of that router: the difference is the global router's overhead.
+//! - the same through a global router in front of that router: the difference is the global
+//!   router's overhead. With one pool there is nothing to decide and it only forwards; with two
+//!   pools (both served by that router) it probes both in parallel (`kv_overlap`), then forwards.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,7 +79,14 @@ async fn main() -> anyhow::Result<()> {
         "policy": {"type": "kv_overlap", "block_size": 16},
         "seed": 1,
     }))?;
-    let global = format!("http://{}", kvroute_global_router::start(global_config, tokenizer).await?.http_addr);
+    let global = format!("http://{}", kvroute_global_router::start(global_config, tokenizer.clone()).await?.http_addr);
+    let two_pools: GlobalRouterConfig = serde_json::from_value(json!({
+        "http_port": 0,
+        "pools": [{"name": "a", "routers": [router]}, {"name": "b", "routers": [router]}],
+        "policy": {"type": "kv_overlap", "block_size": 16},
+        "seed": 1,
+    }))?;
+    let global2 = format!("http://{}", kvroute_global_router::start(two_pools, tokenizer).await?.http_addr);
     let client = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
 
     // Warm the index: the 8k prompt cached on one worker.
@@ -118,15 +126,20 @@ async fn main() -> anyhow::Result<()> {
         client.post(format!("{global}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
     })
     .await;
+    let (gp50, gp99) = measure(n, async || {
+        client.post(format!("{global2}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
+    })
+    .await;
     println!("requests per figure: {n} (sequential, keep-alive, loopback)");
     println!("{:<52} {:>10} {:>10}", "", "p50 µs", "p99 µs");
     println!("{:<52} {:>10.1} {:>10.1}", "router GET /health (HTTP floor)", us(h50), us(h99));
     println!("{:<52} {:>10.1} {:>10.1}", "router POST /best_worker, 8,192 token_ids", us(bw50), us(bw99));
     println!("{:<52} {:>10.1} {:>10.1}", "mocker /v1/completions direct (64 tokens, 1 out)", us(m50), us(m99));
     println!("{:<52} {:>10.1} {:>10.1}", "same through the kv-router", us(g50), us(g99));
-    println!("{:<52} {:>10.1} {:>10.1}", "same through global router → kv-router", us(gg50), us(gg99));
+    println!("{:<52} {:>10.1} {:>10.1}", "same through global router (1 pool) → kv-router", us(gg50), us(gg99));
+    println!("{:<52} {:>10.1} {:>10.1}", "same through global router (2 pools, probes)", us(gp50), us(gp99));
     println!("best_worker above the HTTP floor, p50: {:.1} µs", us(bw50) - us(h50));
-    println!("global router overhead (global − router), p50: {:.1} µs", us(gg50) - us(g50));
+    println!("global router overhead (global − router), p50: 1 pool {:.1} µs, 2 pools {:.1} µs", us(gg50) - us(g50), us(gp50) - us(g50));
     println!("generate overhead (router − direct), p50: {:.1} µs = {:.2}× direct", us(g50) - us(m50), us(g50) / us(m50));
     Ok(())
 }

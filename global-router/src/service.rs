@@ -246,13 +246,14 @@ impl Drop for InFlight {
 
 async fn route(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'static str) -> Result<Response, GlobalError> {
     let (forwarded, features) = parse(&shared, &headers, &body)?;
-    let needs_probes = shared.selector.lock().unwrap_or_else(|e| e.into_inner()).needs_probes();
-    let probes = if needs_probes { probe(&shared, &forwarded).await } else { vec![None; shared.pools.len()] };
     let states: Vec<PoolState> = shared
         .pools
         .iter()
         .map(|p| PoolState { healthy: p.healthy(), in_flight: p.in_flight.load(Ordering::Relaxed) })
         .collect();
+    // One candidate pool: nothing to decide, so no probe round trip.
+    let needs_probes = shared.selector.lock().unwrap_or_else(|e| e.into_inner()).needs_probes_for(&features, &states);
+    let probes = if needs_probes { probe(&shared, &forwarded).await } else { vec![None; shared.pools.len()] };
     let probe_refs: Vec<Option<&BestWorkerResponse>> = probes.iter().map(Option::as_ref).collect();
     // Phase 3, decide.
     let decision = shared.selector.lock().unwrap_or_else(|e| e.into_inner()).decide(&features, &states, &probe_refs);

@@ -12,9 +12,10 @@
 //!    `kv_overlap`, `grid`, `weighted`, `round_robin`, `least_loaded`;
 //! 3. **pick**: the lowest cost (ties at random), a weighted draw, a turn or a grid cell.
 //!
-//! The key trade-off is in `kv_overlap`: a cached prefix is worth exactly the prefill it saves,
-//! in the local router's cost currency, so an idle pool beats a slightly better hit on a busy
-//! one. `priority` orders spill-over and failover: policies other than `grid` consider only
+//! The key trade-off is in `kv_overlap`: each pool's router predicts when it would return the
+//! first token (the prefill a cached prefix saves is already in that figure), and a pool that
+//! would recompute a prefix another pool holds pays a duplicate charge, so an idle pool beats a
+//! slightly better hit on a busy one but a conversation stays where its prefix is. `priority` orders spill-over and failover: policies other than `grid` consider only
 //! the lowest priority number among the eligible pools.
 //!
 //! ```
@@ -28,18 +29,20 @@
 //! let mut selector = Selector::new(config, SmallRng::seed_from_u64(7)).unwrap();
 //! assert!(selector.needs_probes());
 //!
-//! // Pool b's router group reports 6 of the request's 8 blocks cached on its best worker.
-//! let probe = |overlap_blocks: u32, potential_prefill_tokens: u64| BestWorkerResponse {
+//! // Pool b's router group reports 6 of the request's 8 blocks cached on its best worker and
+//! // predicts the first token in 20 ms; pool a holds none of it and predicts 18 ms, but would
+//! // recompute 96 tokens b holds (charged 3 × 0.0152 ms each).
+//! let probe = |overlap_blocks: u32, cost: f64| BestWorkerResponse {
 //!     worker_id: 1, dp_rank: 0, overlap_blocks, request_blocks: 8,
-//!     potential_prefill_tokens, potential_decode_blocks: 8, cost: 0.0,
+//!     potential_prefill_tokens: 0, potential_decode_blocks: 8, cost,
 //! };
-//! let (a, b) = (probe(0, 128), probe(6, 32));
+//! let (a, b) = (probe(0, 18.0), probe(6, 20.0));
 //! let request = RequestFeatures { isl_tokens: 128, ..RequestFeatures::default() };
 //! let decision = selector
 //!     .decide(&request, &[PoolState::IDLE; 2], &[Some(&a), Some(&b)])
 //!     .unwrap();
 //! assert_eq!(decision.pool_name, "b");
-//! assert_eq!(decision.reason.summary, "kv_overlap a=16.0 b=10.0*"); // x-kvroute-reason
+//! assert_eq!(decision.reason.summary, "kv_overlap a=22.4 b=20.0*"); // x-kvroute-reason
 //! assert_eq!(decision.fallbacks, vec![0]); // retry here if b fails before the first byte
 //! ```
 #![forbid(unsafe_code)]

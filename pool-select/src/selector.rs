@@ -55,6 +55,15 @@ impl<R: Rng> Selector<R> {
             || self.pools.iter().any(|p| p.limits.as_ref().is_some_and(|l| l.is_set()))
     }
 
+    /// Whether probing can change this request's decision: the policy uses probes (or a pool
+    /// has saturation limits) and more than one pool serves the request's model and is healthy.
+    /// With a single candidate the answer is that pool whatever the probes say, so the front
+    /// door can skip the probe round trip.
+    pub fn needs_probes_for(&self, features: &RequestFeatures, states: &[PoolState]) -> bool {
+        let candidates = self.pools.iter().zip(states).filter(|(p, s)| s.healthy && p.serves(features.model.as_deref())).count();
+        self.needs_probes() && candidates > 1
+    }
+
     /// Chooses the pool for one request. `states[i]` and `probes[i]` describe pool `i`
     /// (`None`: not probed, timed out or unreadable).
     pub fn decide(
@@ -107,8 +116,9 @@ mod tests {
     use super::*;
     use crate::test_support::{features, probe, Pools};
 
+    /// `kv_overlap` costed in blocks: these tests are about filters, with hand-checkable scores.
     fn kv() -> Policy {
-        Policy::default()
+        Policy::KvOverlap(crate::KvOverlapConfig { cost: crate::KvOverlapCost::Blocks, ..Default::default() })
     }
 
     #[test]
@@ -117,6 +127,21 @@ mod tests {
         let d = pools.selector(kv(), 0).decide(&features(Some("qwen")), &pools.states, &[None; 2]).unwrap();
         assert_eq!(d.pool_name, "b");
         assert_eq!(d.removed[0].filter, "model");
+    }
+
+    #[test]
+    fn probes_are_skipped_when_only_one_pool_can_take_the_request() {
+        let pools = Pools::new(&["a", "b"]).model(1, "qwen");
+        let s = pools.selector(kv(), 0);
+        assert!(s.needs_probes_for(&features(None), &pools.states), "both serve an unnamed model");
+        assert!(!s.needs_probes_for(&features(Some("llama")), &pools.states), "only a serves llama");
+        let one_sick = Pools::new(&["a", "b"]).sick(0);
+        assert!(!one_sick.selector(kv(), 0).needs_probes_for(&features(None), &one_sick.states));
+        let rr = Pools::new(&["a", "b"]).selector(Policy::RoundRobin {}, 0);
+        assert!(!rr.needs_probes_for(&features(None), &Pools::new(&["a", "b"]).states), "the policy needs none");
+        // The decision without probes is the same single pool.
+        let d = pools.selector(kv(), 0).decide(&features(Some("llama")), &pools.states, &[None, None]).unwrap();
+        assert_eq!(d.pool_name, "a");
     }
 
     #[test]

@@ -3,16 +3,17 @@
 //! load.
 //!
 //! Two ways to cost a pool ([`KvOverlapCost`]):
-//! - `blocks` (default):
+//! - `router_ms` (default): the probe's own `cost`, which routers with the `predicted_ttft` cost
+//!   model (kvroute's default) give in milliseconds of predicted time to first token, plus
+//!   `duplicate_token_ms` for every token of the best cached prefix among the pools that this
+//!   pool lacks — the same trade-off the local router makes between its workers, one level up.
+//!   Every group must run `predicted_ttft` (replayed on the Mooncake trace, 2 × 4 pools: reuse
+//!   0.259 / mean TTFT 236 ms with it, 0.217 / 258 ms with `blocks`; `bench/RESULTS.md`);
+//! - `blocks`:
 //!   `prefill_weight * potential_prefill_tokens / block_size + potential_decode_blocks`, from
 //!   the probe's raw figures (the group's chosen worker: its prefill queue plus this request's
 //!   uncached tokens, and its blocks after admitting the request) — comparable across groups
-//!   whatever router config each runs;
-//! - `router_ms`: the probe's own `cost`, which routers with the `predicted_ttft` cost model
-//!   (kvroute's default) give in milliseconds of predicted time to first token, plus
-//!   `duplicate_token_ms` for every token of the best cached prefix among the pools that this
-//!   pool lacks — the same trade-off the local router makes between its workers, one level up.
-//!   Every group must run `predicted_ttft`.
+//!   whatever router config each runs (the choice for groups running Dynamo's `blocks` cost).
 //!
 //! Either way a long cached prefix shows as little prefill, so the pool holding it wins unless
 //! it is so loaded that an idle pool with a slightly shorter hit is cheaper.
@@ -52,15 +53,15 @@ pub struct KvOverlapConfig {
 #[serde(rename_all = "snake_case")]
 pub enum KvOverlapCost {
     /// Prefill blocks (weighted) plus decode blocks, from the probe's figures.
-    #[default]
     Blocks,
     /// The probe's predicted time to first token plus a duplicate charge.
+    #[default]
     RouterMs,
 }
 
 impl Default for KvOverlapConfig {
     fn default() -> Self {
-        KvOverlapConfig { block_size: 16, prefill_weight: 1.0, cost: KvOverlapCost::Blocks, duplicate_token_ms: 3.0 * 1.518344e-2 }
+        KvOverlapConfig { block_size: 16, prefill_weight: 1.0, cost: KvOverlapCost::RouterMs, duplicate_token_ms: 3.0 * 1.518344e-2 }
     }
 }
 
@@ -145,7 +146,7 @@ mod tests {
     use crate::Policy;
 
     fn policy() -> Policy {
-        Policy::KvOverlap(KvOverlapConfig::default())
+        Policy::KvOverlap(KvOverlapConfig { cost: KvOverlapCost::Blocks, ..KvOverlapConfig::default() })
     }
 
     #[test]
@@ -236,7 +237,7 @@ mod tests {
 
     #[test]
     fn prefill_weight_zero_compares_decode_load_only() {
-        let c = KvOverlapConfig { prefill_weight: 0.0, ..KvOverlapConfig::default() };
+        let c = KvOverlapConfig { prefill_weight: 0.0, cost: KvOverlapCost::Blocks, ..KvOverlapConfig::default() };
         assert_eq!(c.cost(&probe(0, 1_000_000, 7), 0), 7.0);
     }
 
