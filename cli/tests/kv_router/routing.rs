@@ -181,3 +181,26 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(forced.status().as_u16(), 400);
     assert_eq!(stack.total_load().await, (0, 0, 0));
 }
+
+#[tokio::test]
+async fn a_long_text_prompt_is_routed_like_its_token_ids() {
+    // 40 KB of text: tokenized off the router's async runtime, and once for probe + request.
+    let stack = Stack::new(2, &[]);
+    let text: String = (0..5000).map(|i| format!("w{} ", i % 613)).collect();
+    assert!(text.len() > 16 * 1024);
+    let ids = kvroute_tokenizer::Tokenizer::builtin().encode(&text).unwrap();
+    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": text, "max_tokens": 1})).send().await.unwrap();
+    assert_eq!(served.status().as_u16(), 200);
+    let worker = served.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
+    served.bytes().await.unwrap();
+    let blocks = (ids.len() / 16) as u64;
+    stack.wait_indexed(blocks).await;
+
+    let (status, by_text) = stack.post("/best_worker", json!({"prompt": text})).await;
+    assert_eq!(status, 200, "{by_text}");
+    let (_, by_ids) = stack.post("/best_worker", json!({"token_ids": ids})).await;
+    assert_eq!(by_text["request_blocks"], blocks);
+    assert_eq!(by_text["overlap_blocks"], by_ids["overlap_blocks"]);
+    assert_eq!(by_text["worker_id"].to_string(), worker);
+    assert_eq!(by_text["overlap_blocks"], blocks, "the text's blocks are where it was served");
+}

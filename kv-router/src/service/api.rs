@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kvroute_protocol::api::{RequestIdBody, RouteQuery};
 use kvroute_protocol::events::parse_router_events;
-use kvroute_protocol::openai::Prompt;
+use kvroute_protocol::openai::{ContentPart, MessageContent, Prompt};
 use kvroute_protocol::HashSeed;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -58,6 +58,41 @@ pub(crate) fn blocked(shared: &Shared, q: &RouteQuery) -> Result<BlockedRequest,
     Ok(BlockedRequest::from_tokens(&tokens, shared.config.router.block_size, seed))
 }
 
+/// Prompts at least this long are tokenized off the async runtime.
+const OFF_RUNTIME_BYTES: usize = 16 * 1024;
+
+/// [`blocked`], on a blocking thread when the prompt is long: tokenizing 220 KB of text takes
+/// ≈ 160 ms, which would hold a runtime worker — and every request queued behind it — for that
+/// long. Short prompts (the common case) stay inline: a thread hop costs more than they do.
+pub(crate) async fn blocked_off_runtime(shared: &Arc<Shared>, q: &RouteQuery) -> Result<BlockedRequest, ApiError> {
+    if text_bytes(q) < OFF_RUNTIME_BYTES {
+        return blocked(shared, q);
+    }
+    let (shared, q) = (shared.clone(), q.clone());
+    tokio::task::spawn_blocking(move || blocked(&shared, &q))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizing the prompt failed: {e}"))))
+}
+
+/// Bytes of text the request would have tokenized (0 for token ids).
+fn text_bytes(q: &RouteQuery) -> usize {
+    if q.token_ids.is_some() {
+        return 0;
+    }
+    match (&q.prompt, &q.messages) {
+        (Some(Prompt::Text(text)), _) => text.len(),
+        (Some(Prompt::Tokens(_)), _) => 0,
+        (None, Some(messages)) => messages
+            .iter()
+            .map(|m| match &m.content {
+                MessageContent::Text(text) => text.len(),
+                MessageContent::Parts(parts) => parts.iter().map(|p| if let ContentPart::Text { text } = p { text.len() } else { 0 }).sum(),
+            })
+            .sum(),
+        (None, None) => 0,
+    }
+}
+
 pub(crate) fn config_override(q: &RouteQuery) -> Result<Option<RouterConfigOverride>, ApiError> {
     match &q.router_config_override {
         None | Some(Value::Null) => Ok(None),
@@ -85,7 +120,7 @@ pub async fn best_worker(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         Ok(q) => q,
         Err(r) => return r.into_response(),
     };
-    let (request, o) = match (blocked(&shared, &q), config_override(&q)) {
+    let (request, o) = match (blocked_off_runtime(&shared, &q).await, config_override(&q)) {
         (Ok(r), Ok(o)) => (r, o),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
@@ -105,7 +140,7 @@ pub async fn potential_loads(State(shared): State<Arc<Shared>>, body: Bytes) -> 
         Ok(q) => q,
         Err(r) => return r.into_response(),
     };
-    match blocked(&shared, &q) {
+    match blocked_off_runtime(&shared, &q).await {
         Ok(request) => Json(shared.router().potential_loads(&request)).into_response(),
         Err(e) => e.into_response(),
     }
