@@ -57,6 +57,19 @@ impl Http {
         let Some(features) = route::features(&body, hints) else {
             return Action::Continue;
         };
+        self.answers = vec![None; config.groups.len()];
+        let wanted = {
+            let in_flight = shared.in_flight.borrow();
+            shared
+                .selector
+                .try_borrow()
+                .map_or(true, |s| route::should_probe(&shared.plan, &s, &features, &in_flight))
+        };
+        if !wanted {
+            // One candidate pool (or a policy without probes): decide now, nothing to wait for.
+            self.apply(shared, &features);
+            return Action::Continue;
+        }
         let mut pending = Vec::new();
         for (g, group) in config.groups.iter().enumerate() {
             match host::dispatch(
@@ -79,7 +92,6 @@ impl Http {
                 }
             }
         }
-        self.answers = vec![None; config.groups.len()];
         if pending.is_empty() {
             self.apply(shared, &features);
             return Action::Continue;

@@ -132,15 +132,10 @@ pub fn route<R: Rng>(
             probes[p] = probes[p].or(Some(a));
         }
     }
-    if selector.needs_probes() && probes.iter().all(Option::is_none) {
+    let states = states(n, in_flight);
+    if selector.needs_probes_for(features, &states) && probes.iter().all(Option::is_none) {
         return fallback(plan, "no probe answered");
     }
-    let states: Vec<PoolState> = (0..n)
-        .map(|i| PoolState {
-            healthy: true,
-            in_flight: in_flight.get(i).copied().unwrap_or(0),
-        })
-        .collect();
     match selector.decide(features, &states, &probes) {
         Ok(d) => Routing {
             worker: probes[d.pool].map(|p| (p.worker_id, p.dp_rank)),
@@ -151,6 +146,28 @@ pub fn route<R: Rng>(
         },
         Err(_) => fallback(plan, "no eligible pool"),
     }
+}
+
+/// Whether to send the probes at all: not when their answers cannot change the decision (a
+/// single pool can take the request, or the policy uses none).
+pub fn should_probe<R: Rng>(
+    plan: &Plan,
+    selector: &Selector<R>,
+    features: &RequestFeatures,
+    in_flight: &[u64],
+) -> bool {
+    selector.needs_probes_for(features, &states(plan.select.pools.len(), in_flight))
+}
+
+/// The pools as the filter knows them: healthy (a failing group shows as a missing answer),
+/// with the requests it sent there and has not seen finish.
+fn states(n: usize, in_flight: &[u64]) -> Vec<PoolState> {
+    (0..n)
+        .map(|i| PoolState {
+            healthy: true,
+            in_flight: in_flight.get(i).copied().unwrap_or(0),
+        })
+        .collect()
 }
 
 fn fallback(plan: &Plan, why: &str) -> Routing {
@@ -248,8 +265,8 @@ mod tests {
 
     #[test]
     fn no_answer_and_no_fallback_pool_leaves_the_default_route() {
-        let p = plan(r#"{"groups": [{"pool": "a", "cluster": "ra"}]}"#);
-        let r = route(&p, &mut selector(&p), &feats(), &[None], &[0]);
+        let p = plan(r#"{"groups": [{"pool": "a", "cluster": "ra"}, {"pool": "b", "cluster": "rb"}]}"#);
+        let r = route(&p, &mut selector(&p), &feats(), &[None, None], &[0, 0]);
         assert_eq!((r.pool, r.pool_name, r.fell_back), (None, None, true));
     }
 
@@ -270,6 +287,23 @@ mod tests {
             (r.pool_name.as_deref(), r.worker),
             (Some("a"), Some((47, 0)))
         );
+    }
+
+    #[test]
+    fn a_single_pool_is_not_probed_and_still_chosen() {
+        let p = plan(
+            r#"{"groups": [{"pool": "a", "cluster": "ra"}, {"pool": "a", "cluster": "ra2"}],
+            "policy": {"type": "kv_overlap", "block_size": 16}}"#,
+        );
+        let mut s = selector(&p);
+        assert!(!should_probe(&p, &s, &feats(), &[0]));
+        let r = route(&p, &mut s, &feats(), &[None, None], &[0]);
+        assert_eq!((r.pool_name.as_deref(), r.fell_back), (Some("a"), false));
+        let two = plan(
+            r#"{"groups": [{"pool": "a", "cluster": "ra"}, {"pool": "b", "cluster": "rb"}],
+            "policy": {"type": "kv_overlap", "block_size": 16}}"#,
+        );
+        assert!(should_probe(&two, &selector(&two), &feats(), &[0, 0]));
     }
 
     #[test]
