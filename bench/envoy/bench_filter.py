@@ -75,7 +75,7 @@ def cluster(name, port):
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
-def envoy_config(routes_to, probes, filter_on):
+def envoy_config(routes_to, probes, filter_on, filter_extra=None):
     """routes_to: {pool: router url} (first = default route); probes: [(pool, probe target url)]."""
     cfg = yaml.safe_load(((REPO / "envoy/envoy.yaml").read_text()))
     cfg["admin"]["address"]["socket_address"]["port_value"] = 0
@@ -103,6 +103,7 @@ def envoy_config(routes_to, probes, filter_on):
     fc["pools"] = [{"name": n} for n in routes_to]
     fc["probe_timeout_ms"] = 300
     fc.pop("fallback_pool", None)
+    fc.update(filter_extra or {})
     wasm["configuration"]["value"] = json.dumps(fc)
     if not filter_on:
         del hcm["http_filters"][0]
@@ -243,6 +244,8 @@ def main():
         e = {
             "plain": Envoy(tmp / "plain", envoy_config(routes, [], filter_on=False)),
             "filter-1": Envoy(tmp / "f1", envoy_config(routes, [("a", routers["a"])], True)),
+            # The filter loaded but acting on no path the benchmark sends: its bare presence.
+            "bystander": Envoy(tmp / "fb", envoy_config(routes, [("a", routers["a"])], True, {"paths": ["/elsewhere"]})),
             "filter-2": Envoy(tmp / "f2", envoy_config(routes, [(n, routers[n]) for n in "ab"], True)),
             "filter-4": Envoy(tmp / "f4", envoy_config(routes, [(n, routers[n]) for n in "abcd"], True)),
             "stub-4": Envoy(tmp / "s4", envoy_config(only_a, [(n, stub.url) for n in "abcd"], True)),
@@ -274,7 +277,8 @@ def main():
 
         figures = [  # (label, envoy, body, per round, expected pool header)
             ("64 tok: no filter", "plain", small, args.per_round, None),
-            ("64 tok: filter, 1 group", "filter-1", small, args.per_round, "a"),
+            ("64 tok: filter loaded, path not acted on", "bystander", small, args.per_round, None),
+            ("64 tok: filter, 1 group (one pool: decided without a probe)", "filter-1", small, args.per_round, "a"),
             ("64 tok: filter, 2 groups", "filter-2", small, args.per_round, "a"),
             ("64 tok: filter, 4 groups", "filter-4", small, args.per_round, "a"),
             ("64 tok: filter, 4 stub groups", "stub-4", small, args.per_round, "*"),
