@@ -32,7 +32,7 @@ pub struct KvRouterArgs {
     router_mode: Option<RouterMode>,
     /// What the kv mode minimises: predicted_ttft (default: each worker's predicted time to
     /// first token, the delay it adds to requests waiting there and a charge for recomputing
-    /// blocks another worker holds) or blocks (Dynamo's cost: weighted prefill blocks minus
+    /// blocks another worker holds) or blocks, alias dynamo_classic (Dynamo's cost: prefill blocks minus
     /// credited overlap plus decode blocks).
     #[arg(long, env = "KVROUTE_COST_MODEL")]
     cost_model: Option<CostModel>,

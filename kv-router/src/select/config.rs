@@ -19,7 +19,8 @@ pub enum TieBreak {
 #[serde(rename_all = "snake_case")]
 pub enum CostModel {
     /// Dynamo's blend of blocks: `weight × max(0, prefill blocks − credit × overlap) + decode
-    /// blocks` (see [`super::cost`]).
+    /// blocks` (see [`super::cost`]). Also accepted as `dynamo_classic` (decisions.md's name).
+    #[serde(alias = "dynamo_classic")]
     Blocks,
     /// The worker's predicted time to first token in milliseconds (its queued prefill plus
     /// this request's uncached prefill under [`StepTimeModel`]), plus a charge for every block
@@ -33,9 +34,9 @@ impl std::str::FromStr for CostModel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.replace('-', "_").as_str() {
-            "blocks" => Ok(CostModel::Blocks),
+            "blocks" | "dynamo_classic" => Ok(CostModel::Blocks),
             "predicted_ttft" | "ttft" => Ok(CostModel::PredictedTtft),
-            other => Err(format!("unknown cost model {other:?} (expected blocks or predicted_ttft)")),
+            other => Err(format!("unknown cost model {other:?} (expected predicted_ttft, or blocks / dynamo_classic)")),
         }
     }
 }

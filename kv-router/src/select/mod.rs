@@ -390,7 +390,12 @@ mod tests {
         let nan = RouterConfigOverride { router_temperature: Some(f64::NAN), ..Default::default() };
         assert!(base.with_override(Some(&nan)).is_err());
         assert_eq!(KvRouterConfig { block_size: 0, ..base }.validate(), Err(ConfigError::BlockSize));
-        let parsed: RouterConfigOverride = serde_json::from_str(r#"{"prefill_load_scale": 2.0}"#).unwrap();
+        let dynamo: RouterConfigOverride = serde_json::from_str(r#"{"cost_model": "dynamo_classic"}"#).unwrap();
+        assert_eq!(dynamo.cost_model, Some(CostModel::Blocks));
+        assert_eq!("dynamo-classic".parse::<CostModel>(), Ok(CostModel::Blocks));
+        assert_eq!("predicted_ttft".parse::<CostModel>(), Ok(CostModel::PredictedTtft));
+        assert!("fastest".parse::<CostModel>().is_err());
+                let parsed: RouterConfigOverride = serde_json::from_str(r#"{"prefill_load_scale": 2.0}"#).unwrap();
         assert_eq!(parsed.overlap_score_weight, Some(2.0));
         assert!(serde_json::from_str::<RouterConfigOverride>(r#"{"temperature": 2.0}"#).is_err());
     }
