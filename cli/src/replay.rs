@@ -40,6 +40,7 @@ pub struct ReplayArgs {
     /// blocks: prefill blocks credited per cached block.
     #[arg(long, default_value_t = 1.0)]
     overlap_score_credit: f64,
+    /// Softmax temperature over worker costs; 0 picks the cheapest.
     #[arg(long, default_value_t = 0.0)]
     router_temperature: f64,
     /// Tokens per KV block (engines and router).
