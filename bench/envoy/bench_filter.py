@@ -246,6 +246,8 @@ def main():
             "filter-1": Envoy(tmp / "f1", envoy_config(routes, [("a", routers["a"])], True)),
             # The filter loaded but acting on no path the benchmark sends: its bare presence.
             "bystander": Envoy(tmp / "fb", envoy_config(routes, [("a", routers["a"])], True, {"paths": ["/elsewhere"]})),
+            # Only pool a known to the filter: nothing to decide, so no probe.
+            "one-pool": Envoy(tmp / "fo", envoy_config(routes, [("a", routers["a"])], True, {"pools": [{"name": "a"}]})),
             "filter-2": Envoy(tmp / "f2", envoy_config(routes, [(n, routers[n]) for n in "ab"], True)),
             "filter-4": Envoy(tmp / "f4", envoy_config(routes, [(n, routers[n]) for n in "abcd"], True)),
             "stub-4": Envoy(tmp / "s4", envoy_config(only_a, [(n, stub.url) for n in "abcd"], True)),
@@ -278,7 +280,8 @@ def main():
         figures = [  # (label, envoy, body, per round, expected pool header)
             ("64 tok: no filter", "plain", small, args.per_round, None),
             ("64 tok: filter loaded, path not acted on", "bystander", small, args.per_round, None),
-            ("64 tok: filter, 1 group (one pool: decided without a probe)", "filter-1", small, args.per_round, "a"),
+            ("64 tok: filter, one pool configured (decided without a probe)", "one-pool", small, args.per_round, "a"),
+            ("64 tok: filter, 1 group", "filter-1", small, args.per_round, "a"),
             ("64 tok: filter, 2 groups", "filter-2", small, args.per_round, "a"),
             ("64 tok: filter, 4 groups", "filter-4", small, args.per_round, "a"),
             ("64 tok: filter, 4 stub groups", "stub-4", small, args.per_round, "*"),
