@@ -27,11 +27,13 @@
 //!
 //! Pure and deterministic: no clock, no I/O, no randomness.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
 
 use kvroute_mocker::config::ConfigError;
 use kvroute_mocker::EngineConfig;
 use kvroute_protocol::{block_hashes, sequence_hashes, HashSeed, SequenceHash};
+use lru::LruCache;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -112,8 +114,7 @@ pub fn ttft_floor(
     engine.validate()?;
     let mut blocks = match cache {
         FloorCache::Infinite => BlockCache::Infinite(HashSet::new()),
-        FloorCache::SharedLru { blocks: 0 } => return Err(FloorError::EmptyCache),
-        FloorCache::SharedLru { blocks } => BlockCache::Lru(LruBlocks::new(blocks)),
+        FloorCache::SharedLru { blocks } => BlockCache::Lru(LruCache::new(NonZeroUsize::new(blocks).ok_or(FloorError::EmptyCache)?)),
     };
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by(|&a, &b| requests[a].arrival_ms.total_cmp(&requests[b].arrival_ms));
@@ -189,55 +190,26 @@ pub fn prefill_alone_ms(tokens: usize, engine: &EngineConfig) -> f64 {
 /// The set of blocks the floor reads from.
 enum BlockCache {
     Infinite(HashSet<SequenceHash>),
-    Lru(LruBlocks),
+    /// A fixed-size LRU set of blocks.
+    Lru(LruCache<SequenceHash, ()>),
 }
 
 impl BlockCache {
     fn contains(&self, hash: SequenceHash) -> bool {
         match self {
             BlockCache::Infinite(set) => set.contains(&hash),
-            BlockCache::Lru(lru) => lru.stamps.contains_key(&hash),
+            BlockCache::Lru(lru) => lru.contains(&hash),
         }
     }
 
-    /// Insert or refresh a request's blocks, last block first (its first ends most recent).
+    /// Insert or refresh a request's blocks, last block first (its first ends most recent),
+    /// evicting the least recently used over capacity.
     fn refresh_leaf_first(&mut self, hashes: &[SequenceHash]) {
         match self {
             BlockCache::Infinite(set) => set.extend(hashes.iter().copied()),
-            BlockCache::Lru(lru) => hashes.iter().rev().for_each(|&h| lru.touch(h)),
-        }
-    }
-}
-
-/// A fixed-size LRU set of blocks: a use stamp per block, and blocks ordered by stamp.
-struct LruBlocks {
-    capacity: usize,
-    next_stamp: u64,
-    stamps: HashMap<SequenceHash, u64>,
-    by_stamp: BTreeMap<u64, SequenceHash>,
-}
-
-impl LruBlocks {
-    fn new(capacity: usize) -> Self {
-        LruBlocks {
-            capacity,
-            next_stamp: 0,
-            stamps: HashMap::new(),
-            by_stamp: BTreeMap::new(),
-        }
-    }
-
-    /// Mark `hash` most recently used (inserting it), evicting the least recent over capacity.
-    fn touch(&mut self, hash: SequenceHash) {
-        let stamp = self.next_stamp;
-        self.next_stamp += 1;
-        if let Some(old) = self.stamps.insert(hash, stamp) {
-            self.by_stamp.remove(&old);
-        }
-        self.by_stamp.insert(stamp, hash);
-        while self.stamps.len() > self.capacity {
-            let (_, evicted) = self.by_stamp.pop_first().expect("over capacity: not empty");
-            self.stamps.remove(&evicted);
+            BlockCache::Lru(lru) => hashes.iter().rev().for_each(|&h| {
+                lru.push(h, ());
+            }),
         }
     }
 }
