@@ -45,6 +45,15 @@ impl Default for MessageContent {
 }
 
 impl MessageContent {
+    /// Bytes of text in the content (what [`text`](Self::text) returns, without its `\n`
+    /// separators), without copying it.
+    pub fn text_len(&self) -> usize {
+        match self {
+            MessageContent::Text(text) => text.len(),
+            MessageContent::Parts(parts) => parts.iter().map(|p| if let ContentPart::Text { text } = p { text.len() } else { 0 }).sum(),
+        }
+    }
+
     /// The text the template sees. Text parts are joined with `\n`, as vLLM joins them for
     /// string-content templates; other parts (images, audio) carry no text and are skipped.
     pub fn text(&self) -> String {
@@ -185,6 +194,8 @@ mod tests {
         assert_eq!(req.messages[0].content.text(), "a");
         assert_eq!(req.messages[1].content.text(), "");
         assert_eq!(req.messages[2].content.text(), "b\nc");
+        let lengths: Vec<usize> = req.messages.iter().map(|m| m.content.text_len()).collect();
+        assert_eq!(lengths, [1, 0, 2], "the text's bytes, separators not counted");
         assert_eq!(req.sampling.max_tokens(), Some(9));
         assert!(req.sampling.include_usage());
     }

@@ -188,8 +188,6 @@ struct Simulation {
     selector: Option<Selector<SmallRng>>,
     /// Requests routed to each pool and not finished.
     in_flight: Vec<u64>,
-    /// `request_pool[i]`: the pool request `i` went to.
-    request_pool: Vec<usize>,
     router_block_size: u32,
     seed: u64,
     stats: SimStats,
@@ -242,7 +240,6 @@ impl Simulation {
             routers,
             pool_of,
             selector,
-            request_pool: Vec::new(),
             router_block_size: config.router.block_size,
             seed: config.seed,
             stats: SimStats::default(),
@@ -253,7 +250,6 @@ impl Simulation {
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by(|&a, &b| requests[a].arrival_ms.total_cmp(&requests[b].arrival_ms));
         let mut records: Vec<Option<RequestRecord>> = vec![None; requests.len()];
-        self.request_pool = vec![0; requests.len()];
         let mut next = 0;
         loop {
             let next_pass = self
@@ -344,7 +340,7 @@ impl Simulation {
                 request: id,
                 message: e.to_string(),
             };
-            let pool = self.request_pool[id];
+            let pool = r.pool;
             let router = &mut self.routers[pool];
             if t.first {
                 r.first_token_ms = Some(now);
@@ -412,7 +408,6 @@ impl Simulation {
             .best_worker(&blocked, options)
             .map_err(|source| ReplayError::Route { request: i, source })?;
         let w = routed.worker.worker_id as usize;
-        self.request_pool[i] = pool;
         self.in_flight[pool] += 1;
         let mut record = RequestRecord {
             index: request.index,

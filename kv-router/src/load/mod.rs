@@ -125,13 +125,9 @@ impl ActiveSequences {
     /// How many of `blocks` (a request's sequence hashes) are not already active on `worker`:
     /// the leading run that is active is shared with an in-flight request and costs nothing.
     pub fn new_blocks(&self, worker: Worker, blocks: &[SequenceHash]) -> usize {
-        blocks.len() - self.shared_prefix(worker, blocks)
-    }
-
-    /// The leading run of `blocks` that requests in flight on `worker` also hold.
-    pub fn shared_prefix(&self, worker: Worker, blocks: &[SequenceHash]) -> usize {
-        let Some(state) = self.workers.get(&worker) else { return 0 };
-        blocks.iter().take_while(|b| state.blocks.contains_key(b)).count()
+        let Some(state) = self.workers.get(&worker) else { return blocks.len() };
+        let shared = blocks.iter().take_while(|b| state.blocks.contains_key(b)).count();
+        blocks.len() - shared
     }
 
     pub fn request(&self, request_id: &str) -> Option<&ActiveRequest> {

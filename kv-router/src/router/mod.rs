@@ -189,14 +189,14 @@ impl<R: Rng> KvRouter<R> {
             .iter()
             .map(|&worker| {
                 let load = self.active.load(worker);
-                let in_flight_prefix = self.active.shared_prefix(worker, &request.sequence);
+                let new_blocks = self.active.new_blocks(worker, &request.sequence);
                 Candidate {
                     worker,
                     overlap_blocks: overlaps.get(&worker).copied().unwrap_or(0),
-                    in_flight_prefix_blocks: in_flight_prefix as u32,
+                    in_flight_prefix_blocks: (request.sequence.len() - new_blocks) as u32,
                     cached_blocks: self.index.cached_blocks(worker) as u64,
                     active_prefill_tokens: load.active_prefill_tokens,
-                    potential_decode_blocks: (request.sequence.len() - in_flight_prefix) as u64 + load.active_blocks,
+                    potential_decode_blocks: new_blocks as u64 + load.active_blocks,
                     active_requests: load.active_requests,
                     prefilling_requests: load.prefilling_requests,
                 }

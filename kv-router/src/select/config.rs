@@ -68,6 +68,12 @@ impl Default for StepTimeModel {
 }
 
 impl StepTimeModel {
+    /// The token-dependent part of a pass that prefills `tokens` (without `pass_ms`).
+    pub fn chunk_ms(&self, tokens: u64) -> f64 {
+        let t = tokens as f64;
+        self.quadratic_ms * t * t + self.per_token_ms * t
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         non_negative("step_time.quadratic_ms", self.quadratic_ms)?;
         non_negative("step_time.per_token_ms", self.per_token_ms)?;

@@ -58,6 +58,14 @@ impl Candidate {
         self.overlap_blocks.max(self.in_flight_prefix_blocks)
     }
 
+    /// Prompt tokens the worker would compute for a request of `isl_tokens`: all but its
+    /// [`expected_overlap`](Self::expected_overlap), and at least one (an engine always computes
+    /// the last token, even of a fully cached prompt).
+    pub fn expected_uncached_tokens(&self, isl_tokens: u64, block_size: u32) -> u64 {
+        let cached = u64::from(self.expected_overlap()) * u64::from(block_size);
+        isl_tokens - cached.min(isl_tokens.saturating_sub(1))
+    }
+
     /// Tokens the worker would have to prefill: its queue plus this request's uncached part.
     pub fn potential_prefill_tokens(&self, isl_tokens: u64, block_size: u32) -> u64 {
         let cached = u64::from(self.overlap_blocks) * u64::from(block_size);
@@ -78,8 +86,8 @@ pub fn cost(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
 /// `max_batched_tokens`, each with the decode step while it has requests decoding. The
 /// engine computes at least one prompt token even when all are cached.
 pub fn predicted_ttft_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
-    let cached = (u64::from(c.expected_overlap()) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
-    prefill_ms(c.active_prefill_tokens + isl_tokens - cached, c.active_requests > 0, &config.step_time)
+    let uncached = c.expected_uncached_tokens(isl_tokens, config.block_size);
+    prefill_ms(c.active_prefill_tokens + uncached, c.active_requests > 0, &config.step_time)
 }
 
 /// Milliseconds to prefill `tokens` in full passes, with a decode step in each when `decoding`.
@@ -90,8 +98,7 @@ fn prefill_ms(tokens: u64, decoding: bool, m: &StepTimeModel) -> f64 {
     let batch = m.max_batched_tokens.max(1);
     let (full, rest) = (tokens / batch, tokens % batch);
     let passes = (full + u64::from(rest > 0)).max(1);
-    let squares = full as f64 * (batch as f64).powi(2) + (rest as f64).powi(2);
-    let prefill = m.quadratic_ms * squares + m.per_token_ms * tokens as f64 + m.pass_ms * passes as f64;
+    let prefill = full as f64 * m.chunk_ms(batch) + m.chunk_ms(rest) + m.pass_ms * passes as f64;
     let decode = if decoding { m.decode_ms * passes as f64 } else { 0.0 };
     prefill + decode
 }
@@ -102,15 +109,13 @@ fn prefill_ms(tokens: u64, decoding: bool, m: &StepTimeModel) -> f64 {
 /// pass of the queue delay everyone waiting.
 pub fn delay_inflicted_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
     let m = &config.step_time;
-    let cached = (u64::from(c.expected_overlap()) * u64::from(config.block_size)).min(isl_tokens.saturating_sub(1));
     let batch = m.max_batched_tokens.max(1);
     let last_pass = c.active_prefill_tokens % batch;
     if c.prefilling_requests == 0 || last_pass == 0 {
         return 0.0;
     }
-    let joining = (isl_tokens - cached).min(batch - last_pass);
-    let chunk = |t: u64| m.quadratic_ms * (t as f64).powi(2) + m.per_token_ms * t as f64;
-    c.prefilling_requests as f64 * (chunk(last_pass + joining) - chunk(last_pass))
+    let joining = c.expected_uncached_tokens(isl_tokens, config.block_size).min(batch - last_pass);
+    c.prefilling_requests as f64 * (m.chunk_ms(last_pass + joining) - m.chunk_ms(last_pass))
 }
 
 /// The `predicted_ttft` cost in milliseconds: [`predicted_ttft_ms`], plus `delay_weight` ×

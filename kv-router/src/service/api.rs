@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kvroute_protocol::api::{RequestIdBody, RouteQuery};
 use kvroute_protocol::events::parse_router_events;
-use kvroute_protocol::openai::{ContentPart, MessageContent, Prompt};
+use kvroute_protocol::openai::Prompt;
 use kvroute_protocol::HashSeed;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -82,13 +82,7 @@ fn text_bytes(q: &RouteQuery) -> usize {
     match (&q.prompt, &q.messages) {
         (Some(Prompt::Text(text)), _) => text.len(),
         (Some(Prompt::Tokens(_)), _) => 0,
-        (None, Some(messages)) => messages
-            .iter()
-            .map(|m| match &m.content {
-                MessageContent::Text(text) => text.len(),
-                MessageContent::Parts(parts) => parts.iter().map(|p| if let ContentPart::Text { text } = p { text.len() } else { 0 }).sum(),
-            })
-            .sum(),
+        (None, Some(messages)) => messages.iter().map(|m| m.content.text_len()).sum(),
         (None, None) => 0,
     }
 }
