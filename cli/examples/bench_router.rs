@@ -30,18 +30,53 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn measure(n: usize, mut call: impl AsyncFnMut() -> ()) -> (Duration, Duration) {
-    for _ in 0..n / 10 {
-        call().await;
+/// One request of a figure: `GET url` or `POST url` with a JSON body.
+struct Call {
+    url: String,
+    body: Option<Vec<u8>>,
+}
+
+impl Call {
+    fn get(url: String) -> Self {
+        Call { url, body: None }
     }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        call().await;
-        samples.push(t.elapsed());
+    fn post(url: String, body: &[u8]) -> Self {
+        Call { url, body: Some(body.to_vec()) }
     }
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    async fn send(&self, client: &reqwest::Client) {
+        let request = match &self.body {
+            None => client.get(&self.url),
+            Some(body) => client.post(&self.url).header("content-type", "application/json").body(body.clone()),
+        };
+        let response = request.send().await.expect("loopback request");
+        assert!(response.status().is_success(), "{} answered {}", self.url, response.status());
+        response.bytes().await.expect("loopback body");
+    }
+}
+
+/// p50 and p99 of each call over `n` rounds. A round sends every call once, in an order that
+/// rotates from round to round, so the machine's speed drift (up to ~1.6× within seconds here)
+/// hits every figure alike and their differences mean something.
+async fn measure(client: &reqwest::Client, n: usize, calls: &[Call]) -> Vec<(Duration, Duration)> {
+    for call in calls.iter().cycle().take(calls.len() * (n / 10).max(1)) {
+        call.send(client).await;
+    }
+    let mut samples = vec![Vec::with_capacity(n); calls.len()];
+    for round in 0..n {
+        for k in 0..calls.len() {
+            let i = (round + k) % calls.len();
+            let t = Instant::now();
+            calls[i].send(client).await;
+            samples[i].push(t.elapsed());
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort();
+            (percentile(&s, 0.5), percentile(&s, 0.99))
+        })
+        .collect()
 }
 
 fn us(d: Duration) -> f64 {
@@ -104,33 +139,21 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(10), indexed).await?.ok_or_else(|| anyhow::anyhow!("index never warmed"))?;
 
     let probe = serde_json::to_vec(&json!({"token_ids": long}))?;
-    let (bw50, bw99) = measure(n, async || {
-        client.post(format!("{router}/best_worker")).header("content-type", "application/json").body(probe.clone()).send().await.unwrap().bytes().await.unwrap();
-    })
-    .await;
-    let (h50, h99) = measure(n, async || {
-        client.get(format!("{router}/health")).send().await.unwrap().bytes().await.unwrap();
-    })
-    .await;
     let short: Vec<u32> = (0..64).collect();
     let body = serde_json::to_vec(&json!({"prompt": short, "max_tokens": 1}))?;
-    let (m50, m99) = measure(n, async || {
-        client.post(format!("{direct}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
-    })
-    .await;
-    let (g50, g99) = measure(n, async || {
-        client.post(format!("{router}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
-    })
-    .await;
-    let (gg50, gg99) = measure(n, async || {
-        client.post(format!("{global}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
-    })
-    .await;
-    let (gp50, gp99) = measure(n, async || {
-        client.post(format!("{global2}/v1/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap().bytes().await.unwrap();
-    })
-    .await;
-    println!("requests per figure: {n} (sequential, keep-alive, loopback)");
+    let calls = [
+        Call::get(format!("{router}/health")),
+        Call::post(format!("{router}/best_worker"), &probe),
+        Call::post(format!("{direct}/v1/completions"), &body),
+        Call::post(format!("{router}/v1/completions"), &body),
+        Call::post(format!("{global}/v1/completions"), &body),
+        Call::post(format!("{global2}/v1/completions"), &body),
+    ];
+    let figures = measure(&client, n, &calls).await;
+    let [(h50, h99), (bw50, bw99), (m50, m99), (g50, g99), (gg50, gg99), (gp50, gp99)] = figures[..] else {
+        unreachable!("one figure per call")
+    };
+    println!("requests per figure: {n} (sequential, keep-alive, loopback, figures interleaved)");
     println!("{:<52} {:>10} {:>10}", "", "p50 µs", "p99 µs");
     println!("{:<52} {:>10.1} {:>10.1}", "router GET /health (HTTP floor)", us(h50), us(h99));
     println!("{:<52} {:>10.1} {:>10.1}", "router POST /best_worker, 8,192 token_ids", us(bw50), us(bw99));

@@ -122,7 +122,9 @@ pub struct Tokenizer {
 
 #[derive(Clone)]
 enum Model {
-    Hf(Arc<tokenizers::Tokenizer>),
+    /// The HF tokenizer and its vocabulary size, special tokens included (counted once: HF
+    /// builds the whole vocabulary map to answer `get_vocab_size(true)`).
+    Hf(Arc<tokenizers::Tokenizer>, usize),
     ByteLevel,
 }
 
@@ -167,7 +169,8 @@ impl Tokenizer {
         let _ = hf.with_truncation(None);
         let eos_token =
             EOS_CANDIDATES.into_iter().find(|t| hf.token_to_id(t).is_some()).map(String::from);
-        Tokenizer { model: Model::Hf(Arc::new(hf)), chat: None, eos_token }
+        let vocab_size = hf.get_vocab_size(true);
+        Tokenizer { model: Model::Hf(Arc::new(hf), vocab_size), chat: None, eos_token }
     }
 
     /// Uses `template` for chat requests. If it names an EOS token (from a
@@ -189,7 +192,7 @@ impl Tokenizer {
     /// tokens written in the text become their single ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         match &self.model {
-            Model::Hf(hf) => hf
+            Model::Hf(hf, _) => hf
                 .encode_fast(text, false)
                 .map(|encoding| encoding.get_ids().to_vec())
                 .map_err(TokenizerError::Encode),
@@ -201,7 +204,7 @@ impl Tokenizer {
     /// from [`encode`](Self::encode); unknown ids are dropped (HF) or shown as U+FFFD (bytes).
     pub fn decode(&self, ids: &[u32]) -> String {
         match &self.model {
-            Model::Hf(hf) => hf.decode(ids, false).unwrap_or_else(|_| "\u{FFFD}".to_string()),
+            Model::Hf(hf, _) => hf.decode(ids, false).unwrap_or_else(|_| "\u{FFFD}".to_string()),
             Model::ByteLevel => bytes::decode(ids),
         }
     }
@@ -209,7 +212,7 @@ impl Tokenizer {
     /// Number of ids, special tokens included.
     pub fn vocab_size(&self) -> usize {
         match &self.model {
-            Model::Hf(hf) => hf.get_vocab_size(true),
+            Model::Hf(_, vocab_size) => *vocab_size,
             Model::ByteLevel => bytes::VOCAB_SIZE,
         }
     }
@@ -217,7 +220,7 @@ impl Tokenizer {
     /// The id of one token (as written in the vocabulary), e.g. a special token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         match &self.model {
-            Model::Hf(hf) => hf.token_to_id(token),
+            Model::Hf(hf, _) => hf.token_to_id(token),
             Model::ByteLevel => bytes::token_id(token),
         }
     }
@@ -241,7 +244,7 @@ impl Tokenizer {
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.model {
-            Model::Hf(_) => "hf",
+            Model::Hf(..) => "hf",
             Model::ByteLevel => "byte_level",
         };
         f.debug_struct("Tokenizer")
