@@ -28,6 +28,7 @@
 
 mod bytes;
 pub mod chat;
+mod resume;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use chat::{ChatMessage, ChatTemplate, ContentPart, MessageContent};
+pub use resume::{common_prefix_len, Tokenized};
 
 /// End of a document; the builtin tokenizer's id 0.
 pub const ENDOFTEXT: &str = "<|endoftext|>";
@@ -122,10 +124,17 @@ pub struct Tokenizer {
 
 #[derive(Clone)]
 enum Model {
-    /// The HF tokenizer and its vocabulary size, special tokens included (counted once: HF
-    /// builds the whole vocabulary map to answer `get_vocab_size(true)`).
-    Hf(Arc<tokenizers::Tokenizer>, usize),
+    Hf(Arc<HfModel>),
     ByteLevel,
+}
+
+struct HfModel {
+    tokenizer: tokenizers::Tokenizer,
+    /// Special tokens included; counted once at load (HF builds the whole vocabulary map to
+    /// answer `get_vocab_size(true)`).
+    vocab_size: usize,
+    /// Whether (and with what margin) tokenization can resume inside a text ([`resume`]).
+    resume_margin: Option<usize>,
 }
 
 impl Tokenizer {
@@ -169,8 +178,8 @@ impl Tokenizer {
         let _ = hf.with_truncation(None);
         let eos_token =
             EOS_CANDIDATES.into_iter().find(|t| hf.token_to_id(t).is_some()).map(String::from);
-        let vocab_size = hf.get_vocab_size(true);
-        Tokenizer { model: Model::Hf(Arc::new(hf), vocab_size), chat: None, eos_token }
+        let model = HfModel { vocab_size: hf.get_vocab_size(true), resume_margin: resume::resume_margin(&hf), tokenizer: hf };
+        Tokenizer { model: Model::Hf(Arc::new(model)), chat: None, eos_token }
     }
 
     /// Uses `template` for chat requests. If it names an EOS token (from a
@@ -192,7 +201,8 @@ impl Tokenizer {
     /// tokens written in the text become their single ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         match &self.model {
-            Model::Hf(hf, _) => hf
+            Model::Hf(hf) => hf
+                .tokenizer
                 .encode_fast(text, false)
                 .map(|encoding| encoding.get_ids().to_vec())
                 .map_err(TokenizerError::Encode),
@@ -200,11 +210,41 @@ impl Tokenizer {
         }
     }
 
+    /// [`encode`](Self::encode), remembering where tokenization could restart inside `text`, so
+    /// that a later text beginning the same way can be tokenized with
+    /// [`encode_after`](Self::encode_after).
+    pub fn encode_tokenized(&self, text: &str) -> Result<Tokenized, TokenizerError> {
+        match &self.model {
+            Model::Hf(hf) if hf.resume_margin.is_some() => resume::encode(&hf.tokenizer, text).map_err(TokenizerError::Encode),
+            _ => self.encode(text).map(Tokenized::plain),
+        }
+    }
+
+    /// The ids of `text` — exactly [`encode`](Self::encode)'s — reusing `earlier`, the
+    /// tokenization of `earlier_text`, for as much of the beginning they share as is safe
+    /// (see [`Tokenized`]); only the rest is tokenized. With a tokenizer that cannot resume
+    /// ([`resumes`](Self::resumes) is false), or nothing useful shared, the whole text is.
+    pub fn encode_after(&self, earlier: &Tokenized, earlier_text: &str, text: &str) -> Result<Tokenized, TokenizerError> {
+        match &self.model {
+            Model::Hf(hf) => match hf.resume_margin {
+                Some(margin) => resume::encode_after(&hf.tokenizer, margin, earlier, earlier_text, text).map_err(TokenizerError::Encode),
+                None => self.encode_tokenized(text),
+            },
+            Model::ByteLevel => self.encode_tokenized(text),
+        }
+    }
+
+    /// Whether [`encode_after`](Self::encode_after) can reuse an earlier text's ids with this
+    /// tokenizer (decided from its configuration at load).
+    pub fn resumes(&self) -> bool {
+        matches!(&self.model, Model::Hf(hf) if hf.resume_margin.is_some())
+    }
+
     /// Text of `ids`, special tokens included, for display and logs. Exact for ids that came
     /// from [`encode`](Self::encode); unknown ids are dropped (HF) or shown as U+FFFD (bytes).
     pub fn decode(&self, ids: &[u32]) -> String {
         match &self.model {
-            Model::Hf(hf, _) => hf.decode(ids, false).unwrap_or_else(|_| "\u{FFFD}".to_string()),
+            Model::Hf(hf) => hf.tokenizer.decode(ids, false).unwrap_or_else(|_| "\u{FFFD}".to_string()),
             Model::ByteLevel => bytes::decode(ids),
         }
     }
@@ -212,7 +252,7 @@ impl Tokenizer {
     /// Number of ids, special tokens included.
     pub fn vocab_size(&self) -> usize {
         match &self.model {
-            Model::Hf(_, vocab_size) => *vocab_size,
+            Model::Hf(hf) => hf.vocab_size,
             Model::ByteLevel => bytes::VOCAB_SIZE,
         }
     }
@@ -220,7 +260,7 @@ impl Tokenizer {
     /// The id of one token (as written in the vocabulary), e.g. a special token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         match &self.model {
-            Model::Hf(hf, _) => hf.token_to_id(token),
+            Model::Hf(hf) => hf.tokenizer.token_to_id(token),
             Model::ByteLevel => bytes::token_id(token),
         }
     }

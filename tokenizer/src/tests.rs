@@ -283,3 +283,159 @@ fn tokenizer_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Tokenizer>();
 }
+
+/// Resuming inside an earlier text ([`Tokenizer::encode_after`]) gives exactly the ids of
+/// tokenizing the whole text.
+mod resume {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Pieces that stress the pre-tokenizer's edges: whitespace runs before words and line
+    /// ends, contractions, digit runs, punctuation, multi-byte characters, added tokens.
+    const FRAGMENTS: &[&str] = &[
+        "the", " cat", "  ", " ", "\n", "\n\n", "\t", "   \n", "\r\n", "'s", "'ll", "123", "4567",
+        "3.14", ",", ".", "!?", "--", "é", "日本語", "🦀", "Ω", "a1b2", "x", "user", " assistant",
+        IM_START, IM_END, ENDOFTEXT, "<|im_", "start|>",
+    ];
+
+    /// The shipped vocabulary behind Llama 3's pre-tokenizer (a regex split, then byte-level),
+    /// plus a merge of a line end with a space, as Llama 3's vocabulary has: its
+    /// `\s*[\r\n]+` looks to the end of a whitespace run, which is why a checkpoint never
+    /// sits on whitespace (see `a_whitespace_run_that_gains_a_line_end_stays_exact`).
+    fn llama3_style() -> (TempFile, Tokenizer) {
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(SHIPPED_JSON).unwrap()).unwrap();
+        config["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "behavior": "Isolated", "invert": false, "pattern": {"Regex":
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"}},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+        let model = &mut config["model"];
+        let next_id = model["vocab"].as_object().unwrap().len();
+        model["vocab"]["ĊĠ"] = next_id.into(); // "\n " in byte-level letters
+        model["merges"].as_array_mut().unwrap().insert(0, serde_json::json!(["Ċ", "Ġ"]));
+        let file = TempFile::new("llama3-style.json", &config.to_string());
+        let tokenizer = Tokenizer::from_file(&file.0).unwrap();
+        (file, tokenizer)
+    }
+
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(0..FRAGMENTS.len(), 0..max).prop_map(|v| v.iter().map(|&i| FRAGMENTS[i]).collect())
+    }
+
+    /// `text` cut at or before byte `at`, on a character boundary.
+    fn prefix(text: &str, at: usize) -> &str {
+        let mut c = at.min(text.len());
+        while !text.is_char_boundary(c) {
+            c -= 1;
+        }
+        &text[..c]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Cuts land anywhere, and in particular just at or after a checkpoint, where what
+        /// follows decides whether the earlier piece boundary still holds.
+        #[test]
+        fn resumed_ids_are_the_whole_texts_ids(
+            base in text(2000),
+            anywhere in any::<prop::sample::Index>(),
+            checkpoint in any::<prop::sample::Index>(),
+            after_checkpoint in 0usize..24,
+            suffix in text(300),
+        ) {
+            let (_file, llama3) = llama3_style();
+            for tokenizer in [Tokenizer::builtin(), llama3] {
+                prop_assert!(tokenizer.resumes());
+                let earlier = tokenizer.encode_tokenized(&base).unwrap();
+                prop_assert_eq!(earlier.ids(), &tokenizer.encode(&base).unwrap()[..]);
+                let checkpoints = earlier.checkpoint_bytes();
+                let cut = match checkpoints.is_empty() {
+                    true => anywhere.index(base.len() + 1),
+                    false => checkpoint.get(&checkpoints) + after_checkpoint,
+                };
+                let text = format!("{}{suffix}", prefix(&base, cut));
+                let resumed = tokenizer.encode_after(&earlier, &base, &text).unwrap();
+                prop_assert_eq!(resumed.ids(), &tokenizer.encode(&text).unwrap()[..]);
+                // Resuming again from the resumed text is as exact (its checkpoints are right too).
+                let again = format!("{}{suffix}", prefix(&text, anywhere.index(text.len() + 1)));
+                let twice = tokenizer.encode_after(&resumed, &text, &again).unwrap();
+                prop_assert_eq!(twice.ids(), &tokenizer.encode(&again).unwrap()[..]);
+            }
+        }
+    }
+
+    fn document() -> String {
+        (0..2000).map(|i| format!("Line {i}: the cat's {} items cost {}.\n", i * 7 % 13, i * 31 % 1000)).collect()
+    }
+
+    #[test]
+    fn a_long_shared_beginning_is_reused_not_tokenized_again() {
+        let tokenizer = Tokenizer::builtin();
+        assert!(tokenizer.resumes());
+        let doc = document();
+        let earlier = tokenizer.encode_tokenized(&format!("{doc}Question one?")).unwrap();
+        assert!(earlier.checkpoints() > doc.len() / 1024, "{} checkpoints", earlier.checkpoints());
+        let text = format!("{doc}A different question, longer than the first one?");
+        let resumed = tokenizer.encode_after(&earlier, &format!("{doc}Question one?"), &text).unwrap();
+        assert_eq!(resumed.ids(), &tokenizer.encode(&text).unwrap()[..]);
+        let whole = tokenizer.encode(&doc).unwrap().len();
+        assert!(resumed.reused() > whole - 200, "reused {} of the document's {whole} ids", resumed.reused());
+    }
+
+    #[test]
+    fn whitespace_runs_that_continue_differently_stay_exact() {
+        let tokenizer = Tokenizer::builtin();
+        let base = format!("{}word{}end", "x. ".repeat(200), " ".repeat(300));
+        let earlier = tokenizer.encode_tokenized(&base).unwrap();
+        for tail in ["   more", "\n\nmore", "end", " ", "<|im_end|>"] {
+            let text = format!("{}{tail}", &base[..base.len() - 3]);
+            let resumed = tokenizer.encode_after(&earlier, &base, &text).unwrap();
+            assert_eq!(resumed.ids(), &tokenizer.encode(&text).unwrap()[..], "tail {tail:?}");
+            assert!(resumed.reused() > 0);
+        }
+    }
+
+    /// Llama 3's `\s*[\r\n]+` runs to the last line end of a whitespace run: a whitespace run
+    /// that carries on into a new line end past the shared part changes the piece before it.
+    #[test]
+    fn a_whitespace_run_that_gains_a_line_end_stays_exact() {
+        let (_file, tokenizer) = llama3_style();
+        let head = format!("{}\n\n{}", "a".repeat(254), " ".repeat(30));
+        let base = format!("{head}y{}", "b".repeat(300));
+        let earlier = tokenizer.encode_tokenized(&base).unwrap();
+        let text = format!("{head}\nz");
+        let resumed = tokenizer.encode_after(&earlier, &base, &text).unwrap();
+        assert_eq!(resumed.ids(), &tokenizer.encode(&text).unwrap()[..]);
+    }
+
+    #[test]
+    fn texts_that_share_nothing_are_tokenized_whole() {
+        let tokenizer = Tokenizer::builtin();
+        let earlier = tokenizer.encode_tokenized(&document()).unwrap();
+        let resumed = tokenizer.encode_after(&earlier, &document(), "something else entirely").unwrap();
+        assert_eq!(resumed.reused(), 0);
+        assert_eq!(resumed.ids(), &tokenizer.encode("something else entirely").unwrap()[..]);
+    }
+
+    #[test]
+    fn a_tokenizer_with_a_normalizer_or_a_prefix_space_does_not_resume() {
+        let shipped = std::fs::read_to_string(SHIPPED_JSON).unwrap();
+        for (from, to) in [
+            (r#""normalizer": null"#, r#""normalizer": {"type": "NFC"}"#),
+            (r#""add_prefix_space": false"#, r#""add_prefix_space": true"#),
+        ] {
+            assert!(shipped.contains(from), "the shipped tokenizer.json has {from}");
+            let file = TempFile::new("resume.json", &shipped.replacen(from, to, 1));
+            let tokenizer = Tokenizer::from_file(&file.0).unwrap();
+            assert!(!tokenizer.resumes(), "{to}");
+            let doc = document();
+            let earlier = tokenizer.encode_tokenized(&doc).unwrap();
+            assert_eq!(earlier.checkpoints(), 0);
+            let text = format!("{doc}more");
+            let resumed = tokenizer.encode_after(&earlier, &doc, &text).unwrap();
+            assert_eq!((resumed.reused(), resumed.ids()), (0, &tokenizer.encode(&text).unwrap()[..]));
+        }
+        assert!(!Tokenizer::byte_level().resumes());
+    }
+}

@@ -27,6 +27,13 @@ pub(crate) fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, A
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
 }
 
+/// `text`'s ids through the router's cache of recent texts, counted by how they were obtained.
+fn tokenize(shared: &Shared, text: &str) -> Result<Vec<u32>, kvroute_tokenizer::TokenizerError> {
+    let (ids, how) = shared.encoded.encode(&shared.tokenizer, text)?;
+    shared.metrics.record_tokenization(how, ids.len());
+    Ok(ids)
+}
+
 /// The request's tokens: `token_ids`, else `prompt`, else `messages` through the chat template.
 pub(crate) fn tokens_of(shared: &Shared, q: &RouteQuery) -> Result<Vec<u32>, ApiError> {
     let bad = ApiError::bad_request;
@@ -35,14 +42,14 @@ pub(crate) fn tokens_of(shared: &Shared, q: &RouteQuery) -> Result<Vec<u32>, Api
     } else if let Some(prompt) = &q.prompt {
         match prompt {
             Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Text(text) => shared.encoded.encode(&shared.tokenizer, text).map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))?.to_vec(),
+            Prompt::Text(text) => tokenize(shared, text).map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))?,
         }
     } else if let Some(messages) = &q.messages {
         if messages.is_empty() {
             return Err(bad("messages must not be empty".into()));
         }
         let text = shared.tokenizer.apply_chat_template(messages, true).map_err(|e| bad(format!("cannot apply the chat template: {e}")))?;
-        shared.encoded.encode(&shared.tokenizer, &text).map_err(|e| bad(format!("cannot tokenize the conversation: {e}")))?.to_vec()
+        tokenize(shared, &text).map_err(|e| bad(format!("cannot tokenize the conversation: {e}")))?
     } else {
         return Err(bad("one of token_ids, prompt or messages is required".into()));
     };

@@ -1,8 +1,9 @@
 //! The router's Prometheus metrics: decisions, overlap, in-flight requests, KV events applied,
-//! rejected and lost, index size, worker health.
+//! rejected and lost, index size, worker health, how text prompts were tokenized.
 
 use prometheus::{CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder};
 
+use super::encode_cache::Tokenization;
 use super::Shared;
 use crate::router::Routed;
 
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub event_resyncs: CounterVec,
     pub worker_healthy: GaugeVec,
     index_blocks: Gauge,
+    tokenizations: CounterVec,
+    prompt_tokens: CounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -46,6 +49,12 @@ impl Metrics {
             event_gaps: counter("kvroute_router_kv_event_gaps_total", "Sequence gaps seen on KV event streams.", &["worker"]),
             event_resyncs: counter("kvroute_router_kv_event_resyncs_total", "Gaps replay could not fill: the worker's entries were cleared.", &["worker"]),
             worker_healthy: register(&r, GaugeVec::new(Opts::new("kvroute_router_worker_healthy", "1 if the worker is in selection."), &["worker"]).expect("valid metric")),
+            tokenizations: counter(
+                "kvroute_router_prompt_tokenizations_total",
+                "Text prompts turned into ids, by how: cached (the same text recently), resumed (a recent text's beginning reused), whole.",
+                &["how"],
+            ),
+            prompt_tokens: counter("kvroute_router_prompt_tokens_total", "Ids of text prompts, by whether they were tokenized or reused.", &["source"]),
             index_blocks: register(&r, Gauge::new("kvroute_router_index_blocks", "Distinct blocks in the index.").expect("valid metric")),
             registry: r,
         }
@@ -56,6 +65,17 @@ impl Metrics {
         if routed.request_blocks > 0 {
             self.overlap_ratio.observe(f64::from(routed.overlap_blocks) / f64::from(routed.request_blocks));
         }
+    }
+
+    pub fn record_tokenization(&self, how: Tokenization, ids: usize) {
+        let (label, reused) = match how {
+            Tokenization::Cached => ("cached", ids),
+            Tokenization::Resumed { reused } => ("resumed", reused),
+            Tokenization::Whole => ("whole", 0),
+        };
+        self.tokenizations.with_label_values(&[label]).inc();
+        self.prompt_tokens.with_label_values(&["reused"]).inc_by(reused as f64);
+        self.prompt_tokens.with_label_values(&["tokenized"]).inc_by((ids - reused) as f64);
     }
 
     pub fn render(&self, shared: &Shared) -> String {

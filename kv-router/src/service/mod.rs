@@ -10,7 +10,8 @@
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
 //! - `health`: periodic health checks that take failing workers out and put them back;
 //! - `metrics`: Prometheus metrics;
-//! - `encode_cache`: recently tokenized texts, so a probe and the request after it tokenize once.
+//! - `encode_cache`: recently tokenized texts, so a probe and the request after it tokenize once,
+//!   and a prompt that begins like a recent one tokenizes only what is new.
 #![allow(clippy::disallowed_methods)] // the I/O edge may read clocks
 
 pub mod config;

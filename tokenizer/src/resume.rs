@@ -1,0 +1,220 @@
+//! Resuming tokenization inside a text tokenized before: a prompt that begins like an earlier one
+//! (the next turn of a conversation, another question about the same document — the prompts
+//! KV-aware routing exists for) keeps the earlier ids up to a safe point inside the shared
+//! beginning and tokenizes only the rest. The ids are exactly those of tokenizing the whole text.
+//!
+//! # Why it is exact
+//!
+//! An HF tokenizer without a normalizer splits the text into pieces (added tokens first, then
+//! the pre-tokenizer's regex) and encodes each piece on its own. A **checkpoint** is a token
+//! that starts a piece at byte `c`, right where the previous token ends, with a
+//! non-whitespace character at `c`. Every piece before `c` was decided by the text up to that
+//! character: a match ends where the next character no longer fits, and the one kind of match
+//! that looks further — a greedy whitespace run that backtracks to its last line end, Llama 3's
+//! `\s*[\r\n]+` — ends before `c`, since `c` is not whitespace. A regex search restarted at a
+//! match boundary finds what the running search would have (the patterns allowed have no
+//! lookbehind, anchors or word boundaries). So if a new text agrees with the earlier one on
+//! every byte up to `c + margin` — the margin covers that character and the longest added
+//! token, so no added-token match can straddle `c` in one text and not the other — its ids are
+//! the earlier ids before the checkpoint followed by the ids of its own text from `c` on.
+//! The tests check this against whole tokenization on random texts, for a GPT-2-style and a
+//! Llama-3-style pre-tokenizer.
+//!
+//! Which tokenizers qualify is decided once, from the tokenizer's own configuration
+//! ([`resume_margin`]): no normalizer, and a pre-tokenizer built from byte-level (without an
+//! added prefix space), regex splits with local patterns, digits, punctuation and whitespace
+//! splitters. GPT-2-style and Llama-3-style `tokenizer.json` files do; others (a normalizer, a
+//! `Metaspace` prefix) are tokenized whole, as before.
+
+use serde_json::Value;
+
+/// At most one checkpoint per this many bytes of text: ~4 per KiB is plenty to resume close to
+/// where two texts part, and keeps a 220 KB prompt's checkpoints under 4 KB.
+const CHECKPOINT_SPACING: usize = 256;
+
+/// A text's token ids, with the places tokenization could restart from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tokenized {
+    ids: Vec<u32>,
+    checkpoints: Vec<Checkpoint>,
+    reused: usize,
+}
+
+/// Token `token` starts a piece at byte `byte` of the text (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checkpoint {
+    token: usize,
+    byte: usize,
+}
+
+impl Tokenized {
+    /// Ids of a text that cannot be resumed from (a tokenizer that does not qualify).
+    pub(crate) fn plain(ids: Vec<u32>) -> Self {
+        Tokenized { ids, checkpoints: Vec::new(), reused: 0 }
+    }
+
+    /// The token ids.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    pub fn into_ids(self) -> Vec<u32> {
+        self.ids
+    }
+
+    /// How many of the ids were taken from the earlier text rather than tokenized (0 unless
+    /// this came from [`crate::Tokenizer::encode_after`]).
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+
+    /// How many places tokenization could restart from.
+    pub fn checkpoints(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// The byte offsets tokenization could restart from.
+    #[cfg(test)]
+    pub(crate) fn checkpoint_bytes(&self) -> Vec<usize> {
+        self.checkpoints.iter().map(|c| c.byte).collect()
+    }
+}
+
+/// The margin (bytes two texts must share past a checkpoint) for `hf`, or `None` if its
+/// configuration does not allow resuming.
+pub(crate) fn resume_margin(hf: &tokenizers::Tokenizer) -> Option<usize> {
+    let config = serde_json::to_value(hf).ok()?;
+    if !config["normalizer"].is_null() || !pre_tokenizer_resumes(&config["pre_tokenizer"]) {
+        return None;
+    }
+    let longest_added = config["added_tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["content"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    // The character at the checkpoint (≤ 4 bytes) and the longest added token, with room.
+    Some(longest_added + 8)
+}
+
+fn pre_tokenizer_resumes(p: &Value) -> bool {
+    match p["type"].as_str() {
+        None => p.is_null(),
+        Some("ByteLevel") => p["add_prefix_space"] == Value::Bool(false),
+        Some("Sequence") => p["pretokenizers"].as_array().is_some_and(|all| all.iter().all(pre_tokenizer_resumes)),
+        Some("Split") => match &p["pattern"] {
+            Value::Object(pattern) => match pattern.get("Regex") {
+                Some(regex) => regex.as_str().is_some_and(regex_is_local),
+                None => pattern.contains_key("String"),
+            },
+            _ => false,
+        },
+        Some("Digits" | "Punctuation" | "Whitespace" | "WhitespaceSplit") => true,
+        Some(_) => false,
+    }
+}
+
+/// A pattern whose matches depend only on the text from where the search starts: no
+/// lookbehind, anchors or word boundaries (`^` only as a class negation, `[^...]`).
+fn regex_is_local(pattern: &str) -> bool {
+    const NON_LOCAL: [&str; 8] = ["(?<", "\\b", "\\B", "\\A", "\\z", "\\Z", "\\G", "$"];
+    if NON_LOCAL.iter().any(|s| pattern.contains(s)) {
+        return false;
+    }
+    pattern.match_indices('^').all(|(i, _)| pattern[..i].ends_with('['))
+}
+
+/// Tokenizes `text` whole and records its checkpoints.
+pub(crate) fn encode(hf: &tokenizers::Tokenizer, text: &str) -> tokenizers::Result<Tokenized> {
+    let encoding = hf.encode(text, false)?;
+    let (ids, offsets, words) = (encoding.get_ids(), encoding.get_offsets(), encoding.get_word_ids());
+    let mut checkpoints = Vec::with_capacity(text.len() / CHECKPOINT_SPACING + 1);
+    let mut next_at = CHECKPOINT_SPACING;
+    for k in 1..ids.len() {
+        let start = offsets[k].0;
+        if start < next_at || words[k] == words[k - 1] || offsets[k - 1].1 != start || !text.is_char_boundary(start) {
+            continue;
+        }
+        if text[start..].chars().next().is_some_and(|c| !c.is_whitespace()) {
+            checkpoints.push(Checkpoint { token: k, byte: start });
+            next_at = start + CHECKPOINT_SPACING;
+        }
+    }
+    Ok(Tokenized { ids: ids.to_vec(), checkpoints, reused: 0 })
+}
+
+/// Tokenizes `text`, reusing `earlier` (the tokenization of `earlier_text`) up to its last
+/// checkpoint that both texts share with `margin` bytes to spare.
+pub(crate) fn encode_after(
+    hf: &tokenizers::Tokenizer,
+    margin: usize,
+    earlier: &Tokenized,
+    earlier_text: &str,
+    text: &str,
+) -> tokenizers::Result<Tokenized> {
+    let shared = common_prefix_len(earlier_text.as_bytes(), text.as_bytes());
+    let usable = earlier.checkpoints.partition_point(|c| c.byte + margin <= shared);
+    let Some(&cut) = usable.checked_sub(1).map(|i| &earlier.checkpoints[i]) else {
+        return encode(hf, text);
+    };
+    let tail = encode(hf, &text[cut.byte..])?;
+    let mut ids = Vec::with_capacity(cut.token + tail.ids.len());
+    ids.extend_from_slice(&earlier.ids[..cut.token]);
+    ids.extend_from_slice(&tail.ids);
+    let mut checkpoints = earlier.checkpoints[..usable].to_vec();
+    checkpoints.extend(tail.checkpoints.iter().map(|c| Checkpoint { token: cut.token + c.token, byte: cut.byte + c.byte }));
+    Ok(Tokenized { ids, checkpoints, reused: cut.token })
+}
+
+/// How many leading bytes `a` and `b` share (compared a block at a time): the most of a text's
+/// beginning [`crate::Tokenizer::encode_after`] can reuse from another's.
+pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let n = a.len().min(b.len());
+    let whole = a[..n].chunks_exact(BLOCK).zip(b[..n].chunks_exact(BLOCK)).take_while(|(x, y)| x == y).count() * BLOCK;
+    whole + a[whole..n].iter().zip(&b[whole..n]).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_prefix_lengths() {
+        assert_eq!(common_prefix_len(b"", b"abc"), 0);
+        assert_eq!(common_prefix_len(b"abc", b"abc"), 3);
+        assert_eq!(common_prefix_len(b"abcd", b"abxd"), 2);
+        let long: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let mut other = long.clone();
+        other[777] ^= 1;
+        assert_eq!(common_prefix_len(&long, &other), 777);
+        assert_eq!(common_prefix_len(&long, &long[..130]), 130);
+    }
+
+    #[test]
+    fn local_patterns() {
+        // GPT-2 (ByteLevel's own), Llama 3.
+        assert!(regex_is_local(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"));
+        assert!(regex_is_local(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        ));
+        assert!(!regex_is_local(r"(?<=a)b"));
+        assert!(!regex_is_local(r"\bword"));
+        assert!(!regex_is_local(r"^start"));
+        assert!(!regex_is_local(r"end$"));
+    }
+
+    #[test]
+    fn pre_tokenizers_that_qualify() {
+        let v = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        assert!(pre_tokenizer_resumes(&v(r#"{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}"#)));
+        assert!(!pre_tokenizer_resumes(&v(r#"{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true}"#)));
+        assert!(pre_tokenizer_resumes(&v(
+            r#"{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"\\p{N}{1,3}| ?\\p{L}+"},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":false}]}"#
+        )));
+        assert!(!pre_tokenizer_resumes(&v(r#"{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":false}"#)));
+        assert!(pre_tokenizer_resumes(&Value::Null));
+    }
+}
