@@ -259,12 +259,17 @@ def main():
         text = (words * (args.big_chars // len(words) + 1))[:args.big_chars]
         big = json.dumps({"model": MODEL, "prompt": text, "max_tokens": 1})
         # Every measured 220 KB request ends differently (its last block only): its prefix is
-        # still cached in pool a, but no router has tokenized this exact text before.
+        # still cached in pool a, but no router has tokenized this exact text before (a router
+        # that saw a text beginning the same way reuses that one's ids for the shared part).
+        # The "new text" ones begin differently: nothing is shared with any earlier text.
+        big_new = json.dumps({"model": MODEL, "prompt": "new text", "max_tokens": 1})
         variants = itertools.count()
         def body_of(body):
-            if body is not big:
-                return body
-            return json.dumps({"model": MODEL, "prompt": text[:-12] + f"{next(variants):012d}", "max_tokens": 1})
+            if body is big:
+                return json.dumps({"model": MODEL, "prompt": text[:-12] + f"{next(variants):012d}", "max_tokens": 1})
+            if body is big_new:
+                return json.dumps({"model": MODEL, "prompt": f"{next(variants):012d}" + text[12:], "max_tokens": 1})
+            return body
         # Warm both prompts into pool a (its router's index must see the blocks before probing).
         ca = Client(routers["a"].split("//")[1])
         for body in (small, big):
@@ -292,6 +297,9 @@ def main():
             ("220 KB: filter, 4 stub groups", "stub-4", big, args.big_per_round, "*"),
             ("220 KB: kv-router /best_worker direct", "router-a", big, args.big_per_round, None),
             ("220 KB: stub Envoy direct (its answer time)", "stub", big, args.big_per_round, None),
+            ("220 KB new text: no filter", "plain", big_new, args.big_per_round, None),
+            ("220 KB new text: filter, 4 groups", "filter-4", big_new, args.big_per_round, "*"),
+            ("220 KB new text: kv-router /best_worker direct", "router-a", big_new, args.big_per_round, None),
         ]
         clients = {k: Client(v.addr) for k, v in e.items()}
         clients["router-a"] = Client(routers["a"].split("//")[1])
@@ -301,7 +309,7 @@ def main():
         # Warm-up: connections, wasm VMs, upstream pools.
         for label, key, body, _, _ in figures:
             path = "/best_worker" if key in ("router-a", "stub") else "/v1/completions"
-            for _ in range(20 if body is small else 3):
+            for _ in range(20 if body is small else 3):  # (the 220 KB ones also seed the routers' recent texts)
                 clients[key].post(path, body_of(body))
         def counters():
             return {k: (sum((v.stat(f"wasmcustom.kvroute.probe_failures.probe_{i}") or 0) for i in range(4)),
@@ -334,6 +342,7 @@ def main():
         ms = lambda s: s * 1000
         stats = {l: (ms(statistics.median(s)), ms(pct(s, 99)), len(s)) for l, s in samples.items()}
         base_small, base_big = stats["64 tok: no filter"], stats["220 KB: no filter"]
+        base_new = stats["220 KB new text: no filter"]
         print(f"\n{len(figures)} figures, {args.rounds} interleaved rounds, {elapsed:.0f} s; "
               f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
         print(f"measured phase: probe failures {failures}; fallbacks {fallbacks}; "
@@ -343,7 +352,7 @@ def main():
         print("|---|---|---|---|---|---|---|")
         for label, key, *_ in figures:
             p50, p99, n = stats[label]
-            base = base_big if label.startswith("220") else base_small
+            base = base_new if label.startswith("220 KB new") else base_big if label.startswith("220") else base_small
             if key in ("plain", "router-a", "stub"):
                 print(f"| {label} | {n} | {p50:.3f} | {p99:.3f} | | | |")
             else:

@@ -7,16 +7,18 @@
 //!
 //! An HF tokenizer without a normalizer splits the text into pieces (added tokens first, then
 //! the pre-tokenizer's regex) and encodes each piece on its own. A **checkpoint** is a token
-//! that starts a piece at byte `c`, right where the previous token ends, with a
-//! non-whitespace character at `c`. Every piece before `c` was decided by the text up to that
+//! that starts a piece at byte `c`, right where the previous token ends, with a non-whitespace
+//! character at `c` or at `c` + 1 (GPT-2-style patterns start most pieces with a space:
+//! `" word"`). Every piece before `c` was decided by the text up to that non-whitespace
 //! character: a match ends where the next character no longer fits, and the one kind of match
 //! that looks further — a greedy whitespace run that backtracks to its last line end, Llama 3's
-//! `\s*[\r\n]+` — ends before `c`, since `c` is not whitespace. A regex search restarted at a
-//! match boundary finds what the running search would have (the patterns allowed have no
-//! lookbehind, anchors or word boundaries). So if a new text agrees with the earlier one on
-//! every byte up to `c + margin` — the margin covers that character and the longest added
-//! token, so no added-token match can straddle `c` in one text and not the other — its ids are
-//! the earlier ids before the checkpoint followed by the ids of its own text from `c` on.
+//! `\s*[\r\n]+` — stops there too, the whitespace run being at most one character past `c`.
+//! A regex search restarted at a match boundary finds what the running search would have (the
+//! patterns allowed have no lookbehind, anchors or word boundaries). So if a new text agrees
+//! with the earlier one on every byte up to `c + margin` — the margin covers those two
+//! characters and the longest added token, so no added-token match can straddle `c` in one
+//! text and not the other — its ids are the earlier ids before the checkpoint followed by the
+//! ids of its own text from `c` on.
 //! The tests check this against whole tokenization on random texts, for a GPT-2-style and a
 //! Llama-3-style pre-tokenizer.
 //!
@@ -95,7 +97,7 @@ pub(crate) fn resume_margin(hf: &tokenizers::Tokenizer) -> Option<usize> {
         .map(str::len)
         .max()
         .unwrap_or(0);
-    // The character at the checkpoint (≤ 4 bytes) and the longest added token, with room.
+    // The (up to) two characters at the checkpoint (≤ 8 bytes) and the longest added token.
     Some(longest_added + 8)
 }
 
@@ -137,12 +139,23 @@ pub(crate) fn encode(hf: &tokenizers::Tokenizer, text: &str) -> tokenizers::Resu
         if start < next_at || words[k] == words[k - 1] || offsets[k - 1].1 != start || !text.is_char_boundary(start) {
             continue;
         }
-        if text[start..].chars().next().is_some_and(|c| !c.is_whitespace()) {
+        if at_most_one_space_ahead(&text[start..]) {
             checkpoints.push(Checkpoint { token: k, byte: start });
             next_at = start + CHECKPOINT_SPACING;
         }
     }
     Ok(Tokenized { ids: ids.to_vec(), checkpoints, reused: 0 })
+}
+
+/// Whether `rest` starts with a non-whitespace character, or with one whitespace character and
+/// then a non-whitespace one (`" word"`, where GPT-2-style patterns start most pieces).
+fn at_most_one_space_ahead(rest: &str) -> bool {
+    let mut chars = rest.chars();
+    match chars.next() {
+        Some(c) if c.is_whitespace() => chars.next().is_some_and(|c| !c.is_whitespace()),
+        Some(_) => true,
+        None => false,
+    }
 }
 
 /// Tokenizes `text`, reusing `earlier` (the tokenization of `earlier_text`) up to its last
