@@ -43,11 +43,22 @@ WASM = TARGET_DIR / "wasm32-wasip1/release/kvroute_filter.wasm"
 ENVOY = os.environ.get("ENVOY_BIN") or shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
 KVROUTE = os.environ.get("KVROUTE_BIN", "/var/tmp/kvroute-release-target/release/kvroute")
 MODEL = "kvroute-mock"
+
+sys.path.insert(0, str(REPO / "tests" / "python"))
+from envoy_process import EnvoyProcess  # noqa: E402  (the tests' Envoy launcher)
 STUB_ANSWER = ('{"worker_id":1,"dp_rank":0,"overlap_blocks":0,"request_blocks":4,'
                '"potential_prefill_tokens":64,"potential_decode_blocks":4,"cost":8.0}')
 
 
 # ---------------------------------------------------------------- processes
+
+
+def Envoy(home, cfg):
+    """An Envoy on `cfg` with its log at warn (exits the script if it cannot start)."""
+    try:
+        return EnvoyProcess(ENVOY, home, cfg)
+    except RuntimeError as e:
+        sys.exit(str(e))
 
 
 def spawn_stack(tmp):
@@ -135,58 +146,6 @@ def stub_config():
                         {"name": "envoy.filters.http.router", "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
                 }}]}]}]}}
-
-
-class Envoy:
-    def __init__(self, home, cfg):
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "envoy.json").write_text(json.dumps(cfg))  # JSON: PyYAML's `y` would be a boolean
-        admin_file = home / "admin-address"
-        self.proc = subprocess.Popen(
-            [ENVOY, "-c", str(home / "envoy.json"), "--concurrency", "1", "--disable-hot-restart",
-             "--admin-address-path", str(admin_file), "-l", "warn", "--log-path", str(home / "envoy.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while not (admin_file.exists() and admin_file.read_text().strip()):
-            if self.proc.poll() is not None or time.time() > deadline:
-                sys.exit(f"envoy failed to start: {(home / 'envoy.log').read_text()[-3000:]}")
-            time.sleep(0.05)
-        self.admin = admin_file.read_text().strip()
-        while True:
-            st, body = get(self.admin, "/listeners?format=json")
-            statuses = json.loads(body).get("listener_statuses", []) if st == 200 else []
-            port = statuses[0]["local_address"]["socket_address"].get("port_value") if statuses else None
-            if port and get(self.admin, "/ready")[0] == 200:
-                self.addr, self.url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
-                break
-            if time.time() > deadline:
-                sys.exit("envoy never became ready")
-            time.sleep(0.05)
-
-    def stat(self, name):
-        st, body = get(self.admin, f"/stats?format=json&filter=^{name}$")
-        stats = json.loads(body)["stats"] if st == 200 else []
-        return next((s.get("value") for s in stats if s.get("name") == name), None)
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def get(hostport, path):
-    c = http.client.HTTPConnection(hostport, timeout=10)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    except OSError:
-        return 0, b""
-    finally:
-        c.close()
 
 
 # ---------------------------------------------------------------- measuring

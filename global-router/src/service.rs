@@ -23,7 +23,6 @@ use kvroute_tokenizer::Tokenizer;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::GlobalRouterConfig;
@@ -139,14 +138,7 @@ pub async fn start(config: GlobalRouterConfig, tokenizer: Arc<Tokenizer>) -> Res
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(shared.config.max_body_bytes))
         .with_state(shared);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener.tap_io(|tcp| {
-            // Small streamed writes must not wait for delayed ACKs (Nagle): latency over bytes.
-            let _ = tcp.set_nodelay(true);
-        }), app).await {
-            tracing::error!(error = %e, "global router HTTP server stopped");
-        }
-    });
+    kvroute_serve::spawn(listener, app, "global router");
     Ok(RunningGlobalRouter { http_addr })
 }
 

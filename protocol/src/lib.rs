@@ -9,7 +9,9 @@
 //! - [`worker`]: the identity of a worker, `(worker_id, dp_rank)`;
 //! - [`openai`]: the OpenAI request view (prompt, messages, sampling fields) and error body;
 //! - [`events`]: KV cache events in Dynamo's JSON form and the decoder/encoder for the
-//!   vLLM/SGLang ZMQ msgpack wire form.
+//!   vLLM/SGLang ZMQ msgpack wire form;
+//! - [`step_time`]: Dynamo's fit of an engine's step time, which the mocker runs on and the
+//!   routers predict with.
 //!
 //! It does not own any index, scheduling or transport: those live in `kvroute-kv-router`.
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@ pub mod api;
 pub mod events;
 pub mod hashing;
 pub mod openai;
+pub mod step_time;
 pub mod worker;
 
 pub use hashing::{block_hashes, sequence_hashes, HashSeed, LocalBlockHash, SequenceHash};

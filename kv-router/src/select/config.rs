@@ -1,6 +1,7 @@
 //! Router configuration (Dynamo's names and defaults) and per-request overrides.
 
 use serde::{Deserialize, Serialize};
+use kvroute_protocol::step_time;
 use thiserror::Error;
 
 /// How equal costs are broken at temperature 0.
@@ -58,9 +59,9 @@ pub struct StepTimeModel {
 impl Default for StepTimeModel {
     fn default() -> Self {
         StepTimeModel {
-            quadratic_ms: 4.209989e-7,
-            per_token_ms: 1.518344e-2,
-            pass_ms: 16.50142,
+            quadratic_ms: step_time::PREFILL_QUADRATIC_MS,
+            per_token_ms: step_time::PREFILL_PER_TOKEN_MS,
+            pass_ms: step_time::PREFILL_PASS_MS,
             decode_ms: 10.0,
             max_batched_tokens: 8192,
         }

@@ -35,7 +35,6 @@ use axum::{Json, Router};
 use kvroute_protocol::openai::ErrorBody;
 use kvroute_protocol::Worker;
 use kvroute_tokenizer::Tokenizer;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -220,13 +219,6 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
         .route("/metrics", get(api::metrics))
         .layer(DefaultBodyLimit::max(shared.config.max_body_bytes))
         .with_state(shared);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener.tap_io(|tcp| {
-            // Small streamed writes must not wait for delayed ACKs (Nagle): latency over bytes.
-            let _ = tcp.set_nodelay(true);
-        }), app).await {
-            tracing::error!(error = %e, "kv-router HTTP server stopped");
-        }
-    });
+    kvroute_serve::spawn(listener, app, "kv-router");
     Ok(RunningRouter { http_addr })
 }

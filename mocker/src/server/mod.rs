@@ -30,7 +30,6 @@ use axum::{Json, Router};
 use kvroute_protocol::openai::{ChatCompletionRequest, CompletionRequest, ErrorBody, Prompt, SamplingFields};
 use kvroute_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::engine::RejectError;
@@ -163,14 +162,7 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
         .route("/reset_prefix_cache", post(reset_prefix_cache))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener.tap_io(|tcp| {
-            // Small streamed writes must not wait for delayed ACKs (Nagle): latency over bytes.
-            let _ = tcp.set_nodelay(true);
-        }), app).await {
-            tracing::error!(error = %e, "mocker HTTP server stopped");
-        }
-    });
+    kvroute_serve::spawn(listener, app, "mocker");
     Ok(RunningServer { http_addr, kv_events: endpoints })
 }
 

@@ -24,6 +24,7 @@
 use std::cmp::Ordering;
 
 use kvroute_protocol::api::BestWorkerResponse;
+use kvroute_protocol::step_time::PREFILL_PER_TOKEN_MS;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +62,7 @@ pub enum KvOverlapCost {
 
 impl Default for KvOverlapConfig {
     fn default() -> Self {
-        KvOverlapConfig { block_size: 16, prefill_weight: 1.0, cost: KvOverlapCost::RouterMs, duplicate_token_ms: 3.0 * 1.518344e-2 }
+        KvOverlapConfig { block_size: 16, prefill_weight: 1.0, cost: KvOverlapCost::RouterMs, duplicate_token_ms: 3.0 * PREFILL_PER_TOKEN_MS }
     }
 }
 
