@@ -205,6 +205,9 @@ pub fn load_tokenizer(path: Option<&PathBuf>, template: Option<&PathBuf>) -> any
 
 pub async fn run(args: KvRouterArgs) -> anyhow::Result<()> {
     let (config, tokenizer) = args.resolve()?;
+    if !tokenizer.resumes() {
+        tracing::info!("this tokenizer cannot resume inside a text (a normalizer or a prefix-adding pre-tokenizer): prompts that begin like a recent one are tokenized whole");
+    }
     let running = service::start(config.clone(), tokenizer).await.context("starting the kv-router")?;
     println!("{}", serde_json::json!({"kv_router": {"http": format!("http://{}", running.http_addr)}}));
     tracing::info!(
