@@ -46,8 +46,17 @@ pub struct EngineRequest {
     pub seed: u64,
     /// Stop early when the (seeded) output samples this token; `None` never stops early.
     pub eos_token_id: Option<u32>,
-    /// Output ids are drawn below this bound.
-    pub vocab_size: u32,
+    /// The ids output is drawn from.
+    pub output_ids: OutputIds,
+}
+
+/// The ids a request's output tokens are drawn from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputIds {
+    /// Any id below the bound.
+    Below(u32),
+    /// One of these (e.g. the tokenizer's ids that decode to whole, printable text), in order.
+    Among(std::sync::Arc<[u32]>),
 }
 
 /// Why a request was not accepted.
@@ -152,7 +161,12 @@ impl Sequence {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&self.request.seed.to_le_bytes());
         bytes[8..].copy_from_slice(&(self.generated as u64).to_le_bytes());
-        (xxh3_64_with_seed(&bytes, 0x5eed) % u64::from(self.request.vocab_size.max(1))) as u32
+        let draw = xxh3_64_with_seed(&bytes, 0x5eed);
+        match &self.request.output_ids {
+            OutputIds::Below(bound) => (draw % u64::from((*bound).max(1))) as u32,
+            OutputIds::Among(ids) if !ids.is_empty() => ids[(draw % ids.len() as u64) as usize],
+            OutputIds::Among(_) => 0,
+        }
     }
 }
 

@@ -20,4 +20,4 @@ pub mod server;
 pub mod timing;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, EngineRequest, Pass};
+pub use engine::{Engine, EngineRequest, OutputIds, Pass};

@@ -23,7 +23,7 @@ use kvroute_mocker::block_pool::CacheEvent;
 use kvroute_mocker::config::ConfigError as EngineConfigError;
 use kvroute_mocker::engine::RejectError;
 use kvroute_mocker::server::http_push::to_router_events;
-use kvroute_mocker::{Engine, EngineConfig, EngineRequest, Pass};
+use kvroute_mocker::{Engine, EngineConfig, EngineRequest, OutputIds, Pass};
 use kvroute_protocol::{HashSeed, Worker};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -430,7 +430,7 @@ impl Simulation {
             max_tokens: request.output_length,
             seed: self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             eos_token_id: None,
-            vocab_size: VOCAB_SIZE,
+            output_ids: OutputIds::Below(VOCAB_SIZE),
         };
         if let Err(e) = self.workers[w].engine.add(engine_request) {
             record.rejected = Some(e.to_string());

@@ -249,6 +249,25 @@ impl Tokenizer {
         }
     }
 
+    /// The ids that decode on their own to printable text — whole characters, no control
+    /// characters but line ends and tabs, no special tokens — plus the EOS id if there is one:
+    /// what a simulated engine can emit one at a time and still stream readable text.
+    pub fn printable_ids(&self) -> Vec<u32> {
+        let readable = |text: &str| {
+            !text.is_empty() && !text.contains('\u{FFFD}') && text.chars().all(|c| !c.is_control() || c == '\n' || c == '\t')
+        };
+        let eos = self.eos_token_id();
+        (0..self.vocab_size() as u32)
+            .filter(|&id| {
+                Some(id) == eos
+                    || match &self.model {
+                        Model::Hf(hf) => hf.tokenizer.decode(&[id], true).is_ok_and(|t| readable(&t)),
+                        Model::ByteLevel => u8::try_from(id).is_ok_and(|b| b.is_ascii() && readable(&bytes::decode(&[id]))),
+                    }
+            })
+            .collect()
+    }
+
     /// Number of ids, special tokens included.
     pub fn vocab_size(&self) -> usize {
         match &self.model {

@@ -439,3 +439,22 @@ mod resume {
         assert!(!Tokenizer::byte_level().resumes());
     }
 }
+
+#[test]
+fn printable_ids_decode_one_at_a_time_to_readable_text() {
+    for tokenizer in [Tokenizer::builtin(), Tokenizer::byte_level()] {
+        let ids = tokenizer.printable_ids();
+        let eos = tokenizer.eos_token_id();
+        assert!(ids.len() > 64, "{} ids", ids.len());
+        for &id in &ids {
+            if Some(id) == eos {
+                continue;
+            }
+            let text = tokenizer.decode(&[id]);
+            assert!(!text.contains('\u{FFFD}') && !text.contains("<|"), "{id}: {text:?}");
+        }
+        assert!(eos.is_some_and(|e| ids.contains(&e)));
+    }
+    let builtin = Tokenizer::builtin();
+    assert!(!builtin.printable_ids().contains(&builtin.token_id(IM_START).unwrap()));
+}

@@ -9,7 +9,7 @@ fn config(blocks: usize, bs: usize) -> EngineConfig {
 }
 
 fn request(id: RequestId, prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
-    EngineRequest { id, prompt, max_tokens, seed: id, eos_token_id: None, vocab_size: 1000 }
+    EngineRequest { id, prompt, max_tokens, seed: id, eos_token_id: None, output_ids: OutputIds::Below(1000) }
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
@@ -177,7 +177,7 @@ fn outputs_are_a_pure_function_of_the_seed() {
 fn sampling_the_eos_token_stops_the_request() {
     let mut e = Engine::new(config(100, 16));
     // vocab 1 makes every sampled token 0: with eos 0 the first token stops it.
-    e.add(EngineRequest { eos_token_id: Some(0), vocab_size: 1, ..request(1, prompt(30, 0), 20) }).unwrap();
+    e.add(EngineRequest { eos_token_id: Some(0), output_ids: OutputIds::Below(1), ..request(1, prompt(30, 0), 20) }).unwrap();
     let passes = drain(&mut e);
     assert_eq!(passes.len(), 1);
     assert_eq!(passes[0].tokens[0].finish, Some(FinishReason::Stop));

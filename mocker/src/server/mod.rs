@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::engine::RejectError;
-use crate::{Engine, EngineConfig, EngineRequest};
+use crate::{Engine, EngineConfig, EngineRequest, OutputIds};
 use metrics::Metrics;
 use publisher::{Publisher, PublisherEndpoints};
 use rank::{RankHandle, SubmitError};
@@ -107,6 +107,8 @@ struct AppState {
     outstanding: Vec<AtomicUsize>,
     next_id: AtomicU64,
     metrics: Metrics,
+    /// What the engines may generate: ids that stream as readable text one at a time.
+    output_ids: Arc<[u32]>,
 }
 
 /// Start the engines, the publishers and the HTTP server; returns once everything listens.
@@ -148,6 +150,7 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
         outstanding: (0..ranks.len()).map(|_| AtomicUsize::new(0)).collect(),
         metrics: Metrics::new(&config.model_name),
         config,
+        output_ids: tokenizer.printable_ids().into(),
         tokenizer,
         ranks,
         next_id: AtomicU64::new(1),
@@ -279,7 +282,7 @@ async fn generate(
         prompt,
         max_tokens,
         eos_token_id: if sampling.ignore_eos { None } else { state.tokenizer.eos_token_id() },
-        vocab_size: u32::try_from(state.tokenizer.vocab_size()).unwrap_or(u32::MAX),
+        output_ids: OutputIds::Among(state.output_ids.clone()),
     };
     openai::respond(state, rank, request, sampling, endpoint).await
 }
