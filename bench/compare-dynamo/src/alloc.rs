@@ -2,13 +2,18 @@
 //! memory runs so it costs nothing in the timed ones) and CPU ticks taken by other processes
 //! (the machine is shared).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+#[cfg(feature = "mimalloc")]
+use mimalloc::MiMalloc as System;
+#[cfg(not(feature = "mimalloc"))]
+use std::alloc::System;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
-/// The system allocator, plus a live-bytes counter while [`counting`] is on.
+/// The system allocator (mimalloc with `--features mimalloc`), plus a live-bytes counter while [`counting`] is on.
 pub struct Counting;
 
 // SAFETY: every call is forwarded unchanged to `System`; the counter is only arithmetic.

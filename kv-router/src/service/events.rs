@@ -149,9 +149,12 @@ fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
     let worker = Worker::new(worker.worker_id, batch.dp_rank.unwrap_or(worker.dp_rank));
     let label = worker.worker_id.to_string();
     let block_size = shared.config.router.block_size as usize;
+    // Convert (hash every stored block's tokens) before taking the router's lock: requests
+    // being routed wait only for the index updates themselves.
+    let converted: Vec<_> = batch.events.iter().map(|event| event.to_kv_event(block_size, HashSeed::default())).collect();
     let mut router = shared.router();
-    for event in &batch.events {
-        match event.to_kv_event(block_size, HashSeed::default()) {
+    for data in converted {
+        match data {
             Ok(data) => match router.apply_event(&RouterEvent::new(worker, 0, data)) {
                 Ok(()) => shared.metrics.events_applied.with_label_values(&[&label]).inc(),
                 Err(e) => {
