@@ -19,7 +19,7 @@ use futures::StreamExt;
 use kvroute_pool_select::{BestWorkerResponse, Decision, Policy, PoolState, RequestFeatures, Selector};
 use kvroute_protocol::openai::{ChatMessage, ErrorBody, Prompt};
 use serde::Deserialize;
-use kvroute_tokenizer::Tokenizer;
+use kvroute_tokenizer::{RecentTexts, Tokenizer};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -96,6 +96,9 @@ pub(crate) struct Shared {
     pub http: reqwest::Client,
     pub metrics: Metrics,
     tokenizer: Arc<Tokenizer>,
+    /// Recent prompts (for policies that need the input length): a conversation's next turn
+    /// tokenizes only what is new.
+    recent: RecentTexts,
     needs_isl: bool,
 }
 
@@ -126,6 +129,7 @@ pub async fn start(config: GlobalRouterConfig, tokenizer: Arc<Tokenizer>) -> Res
         http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client builds"),
         metrics: Metrics::new(),
         tokenizer,
+        recent: RecentTexts::default(),
         config,
     });
     tokio::spawn(crate::health::run(shared.clone()));
@@ -149,6 +153,9 @@ async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
 async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     route(shared, headers, body, "/v1/chat/completions").await.unwrap_or_else(IntoResponse::into_response)
 }
+
+/// Bodies at least this long are parsed (and their prompt tokenized) off the async runtime.
+const TOKENIZE_OFF_RUNTIME_BYTES: usize = 16 << 10;
 
 /// Phase 1, parse: the body to forward (without the `kvroute` object) and the request's features.
 fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, RequestFeatures), GlobalError> {
@@ -186,7 +193,7 @@ fn prompt_tokens(shared: &Shared, fields: &serde_json::Map<String, Value>) -> u6
     if let Some(prompt) = fields.get("prompt").and_then(|p| Prompt::deserialize(p).ok()) {
         return match prompt {
             Prompt::Tokens(ids) => ids.len() as u64,
-            Prompt::Text(text) => shared.tokenizer.encode(&text).map_or(0, |ids| ids.len() as u64),
+            Prompt::Text(text) => shared.recent.encode(&shared.tokenizer, &text).map_or(0, |(ids, _)| ids.len() as u64),
         };
     }
     let Some(messages) = fields.get("messages").and_then(|m| Vec::<ChatMessage>::deserialize(m).ok()) else { return 0 };
@@ -194,8 +201,8 @@ fn prompt_tokens(shared: &Shared, fields: &serde_json::Map<String, Value>) -> u6
         .tokenizer
         .apply_chat_template(&messages, true)
         .ok()
-        .and_then(|t| shared.tokenizer.encode(&t).ok())
-        .map_or(0, |ids| ids.len() as u64)
+        .and_then(|t| shared.recent.encode(&shared.tokenizer, &t).ok())
+        .map_or(0, |(ids, _)| ids.len() as u64)
 }
 
 /// Phase 2, probe: every healthy pool's group, in parallel, query-only, bounded by the timeout.
@@ -237,7 +244,16 @@ impl Drop for InFlight {
 }
 
 async fn route(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'static str) -> Result<Response, GlobalError> {
-    let (forwarded, features) = parse(&shared, &headers, &body)?;
+    let (forwarded, features) = if shared.needs_isl && body.len() >= TOKENIZE_OFF_RUNTIME_BYTES {
+        // Tokenizing a long prompt takes long enough (≈ 150 ms for 220 KB of new text) to stall
+        // every request queued on this runtime worker: do it on a blocking thread.
+        let (s, h, b) = (shared.clone(), headers.clone(), body.clone());
+        tokio::task::spawn_blocking(move || parse(&s, &h, &b))
+            .await
+            .map_err(|e| GlobalError { status: StatusCode::INTERNAL_SERVER_ERROR, message: format!("parsing the request failed: {e}") })??
+    } else {
+        parse(&shared, &headers, &body)?
+    };
     let states: Vec<PoolState> = shared
         .pools
         .iter()

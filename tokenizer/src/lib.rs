@@ -9,6 +9,10 @@
 //! - the **byte-level fallback** ([`Tokenizer::byte_level`]): one token per UTF-8 byte, for
 //!   when no tokenizer is configured. It never fails but costs ~4× the tokens.
 //!
+//! A text that begins like an earlier one is tokenized from a checkpoint inside the shared
+//! part, reusing the earlier ids — exactly ([`Tokenizer::encode_after`]); [`RecentTexts`] keeps
+//! the recent prompts a service saw for that.
+//!
 //! Chat requests go through a Jinja chat template ([`chat`]) rendered as HF renders it, then
 //! [`Tokenizer::encode`]. The trade-off: loading a real model's tokenizer makes the block hashes
 //! match a real engine's, at the cost of a file to ship to both sides; the builtin one matches
@@ -28,6 +32,7 @@
 
 mod bytes;
 pub mod chat;
+mod recent;
 mod resume;
 
 use std::fmt;
@@ -38,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use chat::{ChatMessage, ChatTemplate, ContentPart, MessageContent};
+pub use recent::{RecentTexts, Tokenization};
 pub use resume::{common_prefix_len, Tokenized};
 
 /// End of a document; the builtin tokenizer's id 0.

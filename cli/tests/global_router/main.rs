@@ -117,6 +117,32 @@ async fn models_are_merged_and_bad_requests_are_refused() {
     assert!(err["error"]["message"].as_str().unwrap().contains("x-kvroute-priority"));
 }
 
+/// A disaggregated grid picks the prefill pool by input length, which the global router counts
+/// with the tokenizer: short text to pool a, long text (parsed off the runtime) to pool b, and a
+/// long text that begins like the previous one (tokenized from where they part) to b again.
+#[tokio::test]
+async fn a_length_grid_counts_text_prompts_with_the_tokenizer() {
+    let stack = Stack::new(
+        r#"{"type": "grid",
+            "prefill": {"isl_min": 0, "isl_max": 4000, "isl_resolution": 2, "ttft_min_ms": 0, "ttft_max_ms": 1000,
+                        "ttft_resolution": 1, "prefill_pool_mapping": [["a"], ["b"]]},
+            "decode": {"context_length_min": 0, "context_length_max": 100000, "context_length_resolution": 1,
+                       "itl_min_ms": 0, "itl_max_ms": 100, "itl_resolution": 1, "decode_pool_mapping": [["a"]]}}"#,
+    );
+    let document: String = (0..800).map(|i| format!("Line {i}: the cache holds {} blocks.\n", i * 37 % 1000)).collect();
+    assert!(document.len() > 16 << 10);
+    for (text, want) in [
+        ("A short question?".to_owned(), "a"),
+        (format!("{document}First question?"), "b"),
+        (format!("{document}Second, different question?"), "b"),
+    ] {
+        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": text, "max_tokens": 1})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["x-kvroute-prefill-pool"].to_str().unwrap(), want, "{} bytes", text.len());
+        r.bytes().await.unwrap();
+    }
+}
+
 #[test]
 fn a_bad_config_is_rejected_at_start_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("kvroute-global-bad-{}", std::process::id()));

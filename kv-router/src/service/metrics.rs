@@ -1,9 +1,9 @@
 //! The router's Prometheus metrics: decisions, overlap, in-flight requests, KV events applied,
 //! rejected and lost, index size, worker health, how text prompts were tokenized.
 
+use kvroute_tokenizer::Tokenization;
 use prometheus::{CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder};
 
-use super::encode_cache::Tokenization;
 use super::Shared;
 use crate::router::Routed;
 

@@ -10,14 +10,11 @@
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
 //! - `health`: periodic health checks that take failing workers out and put them back;
 //! - `metrics`: Prometheus metrics;
-//! - `encode_cache`: recently tokenized texts, so a probe and the request after it tokenize once,
-//!   and a prompt that begins like a recent one tokenizes only what is new.
 #![allow(clippy::disallowed_methods)] // the I/O edge may read clocks
 
 pub mod config;
 
 mod api;
-mod encode_cache;
 mod events;
 mod generate;
 mod health;
@@ -80,7 +77,9 @@ pub(crate) struct Shared {
     router: Mutex<KvRouter>,
     pub tokenizer: Arc<Tokenizer>,
     /// Recently tokenized texts (a probe and then the request itself tokenize once).
-    pub encoded: encode_cache::EncodeCache,
+    /// Recently tokenized prompts: a probe and the request after it tokenize once, and a prompt
+    /// that begins like a recent one tokenizes only what is new.
+    pub encoded: kvroute_tokenizer::RecentTexts,
     pub workers: Vec<WorkerRuntime>,
     pub http: reqwest::Client,
     pub metrics: metrics::Metrics,
@@ -190,7 +189,7 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
         http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client builds"),
         router: Mutex::new(router),
         tokenizer,
-        encoded: encode_cache::EncodeCache::default(),
+        encoded: kvroute_tokenizer::RecentTexts::default(),
         workers,
         metrics,
         next_request: AtomicU64::new(1),

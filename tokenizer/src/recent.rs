@@ -1,12 +1,13 @@
-//! Recently tokenized prompts, so a router tokenizes as little text as it can:
+//! Recently tokenized prompts, so a service tokenizes as little text as it can:
 //! - the **same text** arriving twice in a row — a pool-selection probe (`/best_worker` from the
 //!   global router or the Envoy filter) and then the request itself — is tokenized once;
 //! - a text that **begins like a recent one** — the next turn of a conversation, another question
 //!   about the same document — reuses that one's ids for the shared beginning and tokenizes only
 //!   the rest ([`Tokenizer::encode_after`], exact), when the tokenizer allows it.
 //!
-//! Tokenizing is by far the most expensive step for a long text prompt (≈ 1.5 MB/s: 150 ms for
-//! 220 KB), so these are what keep a probe of a long prompt cheap.
+//! Tokenizing is by far the most expensive step of routing a long text prompt (≈ 1.5 MB/s: 150
+//! ms for 220 KB), so this is what keeps a probe of one cheap. The kv-router and the global
+//! router each keep one.
 //!
 //! A bounded LRU keyed by the 128-bit xxh3 of the exact text, holding the text (to find shared
 //! beginnings) and its tokenization; at most [`ENTRIES`] texts and [`BUDGET_BYTES`] in all.
@@ -14,7 +15,7 @@
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvroute_tokenizer::{common_prefix_len, Tokenized, Tokenizer, TokenizerError};
+use crate::{common_prefix_len, Tokenized, Tokenizer, TokenizerError};
 use lru::LruCache;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -54,18 +55,19 @@ struct Recent {
     bytes: usize,
 }
 
-pub struct EncodeCache {
+/// The recent texts and their tokenizations; shared by reference across threads.
+pub struct RecentTexts {
     recent: Mutex<Recent>,
 }
 
-impl Default for EncodeCache {
+impl Default for RecentTexts {
     fn default() -> Self {
         let entries = LruCache::new(NonZeroUsize::new(ENTRIES).expect("non-zero"));
-        EncodeCache { recent: Mutex::new(Recent { entries, bytes: 0 }) }
+        RecentTexts { recent: Mutex::new(Recent { entries, bytes: 0 }) }
     }
 }
 
-impl EncodeCache {
+impl RecentTexts {
     /// `text`'s token ids, and how they were obtained.
     pub fn encode(&self, tokenizer: &Tokenizer, text: &str) -> Result<(Vec<u32>, Tokenization), TokenizerError> {
         let key = xxh3_128(text.as_bytes());
@@ -134,7 +136,7 @@ mod tests {
     #[test]
     fn the_same_text_is_tokenized_once_and_answers_the_same() {
         let tokenizer = Tokenizer::builtin();
-        let cache = EncodeCache::default();
+        let cache = RecentTexts::default();
         let first = cache.encode(&tokenizer, "the same text twice").unwrap();
         let second = cache.encode(&tokenizer, "the same text twice").unwrap();
         assert_eq!((first.1, second.1), (Tokenization::Whole, Tokenization::Cached));
@@ -147,7 +149,7 @@ mod tests {
     #[test]
     fn it_keeps_only_the_most_recent_texts() {
         let tokenizer = Tokenizer::builtin();
-        let cache = EncodeCache::default();
+        let cache = RecentTexts::default();
         let first = cache.encode(&tokenizer, "text 0").unwrap();
         for i in 1..=ENTRIES {
             cache.encode(&tokenizer, &format!("text {i}")).unwrap();
@@ -161,7 +163,7 @@ mod tests {
     #[test]
     fn a_text_beginning_like_a_recent_one_reuses_its_ids() {
         let tokenizer = Tokenizer::builtin();
-        let cache = EncodeCache::default();
+        let cache = RecentTexts::default();
         let doc = document(500);
         cache.encode(&tokenizer, &format!("{doc}First question?")).unwrap();
         cache.encode(&tokenizer, "an unrelated prompt").unwrap();
@@ -178,7 +180,7 @@ mod tests {
     #[test]
     fn the_byte_budget_bounds_what_is_kept() {
         let tokenizer = Tokenizer::byte_level();
-        let cache = EncodeCache::default();
+        let cache = RecentTexts::default();
         let big = "x".repeat(BUDGET_BYTES / 8);
         for i in 0..10 {
             cache.encode(&tokenizer, &format!("{i}{big}")).unwrap();
