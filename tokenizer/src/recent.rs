@@ -77,6 +77,8 @@ impl RecentTexts {
         // Tokenize outside the lock: other texts need not wait for this one.
         let tokens = match self.closest_beginning(tokenizer, text) {
             Some(earlier) => tokenizer.encode_after(&earlier.tokens, &earlier.text, text)?,
+            // A short text is never resumed from: it needs no checkpoints.
+            None if text.len() < RESUME_MIN_BYTES => Tokenized::plain(tokenizer.encode(text)?),
             None => tokenizer.encode_tokenized(text)?,
         };
         let how = match tokens.reused() {
