@@ -7,11 +7,73 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A completion prompt: text, or token ids (OpenAI also allows a batch; kvroute serves one).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<u32>),
+}
+
+/// Read straight from the JSON (a string or an array), not through serde's untagged-enum
+/// buffering, which copied every id of a long token prompt before reading it again; and with
+/// an error that says what a prompt may be.
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PromptVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for PromptVisitor {
+            type Value = Prompt;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of token ids (integers from 0 to 4294967295)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Prompt, E> {
+                Ok(Prompt::Text(text.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Prompt, E> {
+                Ok(Prompt::Text(text))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Prompt, A::Error> {
+                let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(TokenId(id)) = seq.next_element()? {
+                    ids.push(id);
+                }
+                Ok(Prompt::Tokens(ids))
+            }
+        }
+
+        deserializer.deserialize_any(PromptVisitor)
+    }
+}
+
+/// One id of a token prompt, with an error that says what an id may be.
+struct TokenId(u32);
+
+impl<'de> Deserialize<'de> for TokenId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = TokenId;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token id (an integer from 0 to 4294967295)")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TokenId, E> {
+                u32::try_from(v).map(TokenId).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TokenId, E> {
+                u32::try_from(v).map(TokenId).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+        }
+
+        deserializer.deserialize_u32(IdVisitor)
+    }
 }
 
 /// One message of a chat request.
@@ -179,6 +241,10 @@ mod tests {
         assert!(text.sampling.stream);
         let ids: CompletionRequest = serde_json::from_str(r#"{"model": "m", "prompt": [1, 2, 3], "extra": {"x": 1}}"#).unwrap();
         assert_eq!(ids.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        for bad in [r#"{"prompt": [-1]}"#, r#"{"prompt": [4294967296]}"#, r#"{"prompt": [[1], [2]]}"#, r#"{"prompt": 7}"#] {
+            let err = serde_json::from_str::<CompletionRequest>(bad).unwrap_err().to_string();
+            assert!(err.contains("expected a token id (an integer from 0 to 4294967295)") || err.contains("expected a string or an array of token ids"), "{bad}: {err}");
+        }
         assert!(serde_json::from_str::<CompletionRequest>(r#"{"prompt": [1, -2]}"#).is_err());
         assert!(serde_json::from_str::<CompletionRequest>(r#"{"max_tokens": 3}"#).is_err());
     }
