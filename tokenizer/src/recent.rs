@@ -55,7 +55,8 @@ struct Recent {
     bytes: usize,
 }
 
-/// The recent texts and their tokenizations; shared by reference across threads.
+/// The recent texts and their tokenizations; shared by reference across threads. Keep one per
+/// tokenizer: entries are the ids of whichever tokenizer `encode` was given.
 pub struct RecentTexts {
     recent: Mutex<Recent>,
 }
