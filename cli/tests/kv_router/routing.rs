@@ -204,3 +204,30 @@ async fn a_long_text_prompt_is_routed_like_its_token_ids() {
     assert_eq!(by_text["worker_id"].to_string(), worker);
     assert_eq!(by_text["overlap_blocks"], blocks, "the text's blocks are where it was served");
 }
+
+#[tokio::test]
+async fn the_next_turn_of_a_long_conversation_is_tokenized_from_where_it_changes() {
+    // Turn 1 is served; turn 2 repeats it and adds a question. The router tokenizes turn 2 from a
+    // checkpoint inside turn 1 and must get exactly the ids of tokenizing it whole: the whole of
+    // turn 1's blocks match on the worker that served it.
+    let stack = Stack::new(2, &[]);
+    let tokenizer = kvroute_tokenizer::Tokenizer::builtin();
+    let turn1: String = (0..900).map(|i| format!("Line {i}: the router keeps {} blocks.\n", i * 37 % 1000)).collect();
+    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": turn1, "max_tokens": 1})).send().await.unwrap();
+    assert_eq!(served.status().as_u16(), 200);
+    let worker = served.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
+    served.bytes().await.unwrap();
+    stack.wait_indexed((tokenizer.encode(&turn1).unwrap().len() / 16) as u64).await;
+
+    let turn2 = format!("{turn1}And which worker holds the most?");
+    let ids = tokenizer.encode(&turn2).unwrap();
+    let (status, answer) = stack.post("/best_worker", json!({"prompt": turn2})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["request_blocks"], (ids.len() / 16) as u64);
+    assert_eq!(answer["worker_id"].to_string(), worker);
+    let (_, by_ids) = stack.post("/best_worker", json!({"token_ids": ids})).await;
+    assert_eq!(answer["overlap_blocks"], by_ids["overlap_blocks"]);
+    let metrics = stack.client.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let resumed = metrics.lines().find(|l| l.starts_with(r#"kvroute_router_prompt_tokenizations_total{how="resumed"}"#));
+    assert_eq!(resumed.and_then(|l| l.split_whitespace().last()), Some("1"), "{metrics}");
+}
