@@ -7,21 +7,86 @@
 use kvroute_pool_select::{BestWorkerResponse, PoolState, RequestFeatures, Selector};
 use rand::Rng;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::config::Plan;
 
-/// The fields of an OpenAI request that matter here; everything else is ignored.
+/// The fields of an OpenAI request that matter here; everything else is ignored. The prompt
+/// and the messages are only measured as they are read, never kept: a 220 KB prompt costs no
+/// copy, and 8k token ids no 8k JSON values.
 #[derive(Deserialize)]
 struct Peek {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
-    prompt: Option<Value>,
+    prompt: Option<TokenEstimate>,
     #[serde(default)]
-    messages: Option<Vec<Value>>,
+    messages: Option<Vec<Message>>,
     #[serde(default)]
     kvroute: Option<BodyHints>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: TokenEstimate,
+}
+
+/// Estimated tokens of a prompt or a message's content, read without keeping it: a token id
+/// counts one, text ~4 bytes per token, arrays add up, and an object (a content part) counts
+/// its `text` field.
+#[derive(Clone, Copy, Default)]
+struct TokenEstimate(u64);
+
+impl<'de> Deserialize<'de> for TokenEstimate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Measure;
+
+        impl<'de> serde::de::Visitor<'de> for Measure {
+            type Value = TokenEstimate;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a prompt: text, token ids, or content parts")
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TokenEstimate, E> {
+                Ok(TokenEstimate(1))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TokenEstimate, E> {
+                Ok(TokenEstimate(1))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TokenEstimate, E> {
+                Ok(TokenEstimate(1))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<TokenEstimate, E> {
+                Ok(TokenEstimate((text.len() as u64).div_ceil(4)))
+            }
+            fn visit_unit<E>(self) -> Result<TokenEstimate, E> {
+                Ok(TokenEstimate(0))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TokenEstimate, E> {
+                Ok(TokenEstimate(0))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<TokenEstimate, A::Error> {
+                let mut total = 0u64;
+                while let Some(TokenEstimate(n)) = items.next_element()? {
+                    total += n;
+                }
+                Ok(TokenEstimate(total))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut fields: A) -> Result<TokenEstimate, A::Error> {
+                let mut total = 0u64;
+                while let Some(key) = fields.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "text" {
+                        total += fields.next_value::<TokenEstimate>()?.0;
+                    } else {
+                        fields.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(TokenEstimate(total))
+            }
+        }
+
+        deserializer.deserialize_any(Measure)
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -43,12 +108,9 @@ pub struct HeaderHints {
 /// or neither `prompt` nor `messages`): such requests pass through untouched.
 pub fn features(body: &[u8], headers: &HeaderHints) -> Option<RequestFeatures> {
     let peek: Peek = serde_json::from_slice(body).ok()?;
-    let isl_tokens = match (&peek.prompt, &peek.messages) {
-        (Some(p), _) => prompt_tokens(p),
-        (None, Some(m)) => m
-            .iter()
-            .map(|msg| text_tokens(msg.get("content").unwrap_or(&Value::Null)))
-            .sum(),
+    let isl_tokens = match (peek.prompt, &peek.messages) {
+        (Some(p), _) => p.0,
+        (None, Some(m)) => m.iter().map(|msg| msg.content.0).sum(),
         (None, None) => return None,
     };
     let hints = peek.kvroute.unwrap_or_default();
@@ -68,26 +130,6 @@ pub fn features(body: &[u8], headers: &HeaderHints) -> Option<RequestFeatures> {
             .and_then(|s| s.trim().parse().ok())
             .or(hints.priority),
     })
-}
-
-/// Token count estimate: exact for token-id prompts, ~4 bytes per token for text.
-fn prompt_tokens(p: &Value) -> u64 {
-    match p {
-        Value::Array(items) if items.iter().all(Value::is_number) => items.len() as u64,
-        Value::Array(items) => items.iter().map(prompt_tokens).sum(),
-        other => text_tokens(other),
-    }
-}
-
-fn text_tokens(v: &Value) -> u64 {
-    match v {
-        Value::String(s) => (s.len() as u64).div_ceil(4),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| text_tokens(p.get("text").unwrap_or(p)))
-            .sum(),
-        _ => 0,
-    }
 }
 
 /// Reads one probe answer. `status` is `None` when the callout had no headers (reset,
@@ -356,6 +398,17 @@ mod tests {
             features(chat, &HeaderHints::default()).unwrap().isl_tokens,
             2
         );
+        // Long prompts are measured, not copied: 8k ids, 220 KB of text (with escapes).
+        let ids: Vec<u32> = (0..8192).collect();
+        let body = serde_json::to_vec(&serde_json::json!({"prompt": ids})).unwrap();
+        assert_eq!(features(&body, &HeaderHints::default()).unwrap().isl_tokens, 8192);
+        let text = "line\n".repeat(44_000);
+        let body = serde_json::to_vec(&serde_json::json!({"prompt": text})).unwrap();
+        assert_eq!(features(&body, &HeaderHints::default()).unwrap().isl_tokens, 55_000);
+        // Parts that are not text count nothing; a null content counts nothing.
+        let mixed = br#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "abcdefgh"}},
+            {"type": "text", "text": "abcdefgh"}]}, {"role": "assistant", "content": null}]}"#;
+        assert_eq!(features(mixed, &HeaderHints::default()).unwrap().isl_tokens, 2);
     }
 
     #[test]
