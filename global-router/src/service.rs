@@ -22,6 +22,7 @@ use serde::Deserialize;
 use kvroute_tokenizer::{RecentTexts, Tokenizer};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -157,13 +158,28 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
 /// Bodies at least this long are parsed (and their prompt tokenized) off the async runtime.
 const TOKENIZE_OFF_RUNTIME_BYTES: usize = 16 << 10;
 
+/// The fields of a request the global router reads. The prompt and the messages stay raw JSON
+/// (never copied, never parsed into values) unless the policy needs the input length.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(default, borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(default)]
+    kvroute: Option<Value>,
+}
+
 /// Phase 1, parse: the body to forward (without the `kvroute` object) and the request's features.
 fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, RequestFeatures), GlobalError> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
-    let fields = value.as_object_mut().ok_or_else(|| GlobalError::bad_request("the request body must be a JSON object"))?;
-    let removed = fields.remove("kvroute");
-    let stripped = removed.is_some();
-    let from_body = removed.unwrap_or(Value::Null);
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(GlobalError::bad_request("the request body must be a JSON object"));
+    }
+    let peek: Peek = serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
+    let stripped = peek.kvroute.is_some();
+    let from_body = peek.kvroute.clone().unwrap_or(Value::Null);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
     let number = |name: &str, key: &str| -> Result<Option<f64>, GlobalError> {
         match header(name) {
@@ -175,28 +191,37 @@ fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, R
         Some(v) => Some(v.parse::<i64>().map_err(|_| GlobalError::bad_request(format!("x-kvroute-priority must be an integer, got {v:?}")))?),
         None => from_body["priority"].as_i64(),
     };
-    let isl_tokens = if shared.needs_isl { prompt_tokens(shared, fields) } else { 0 };
+    let isl_tokens = if shared.needs_isl { prompt_tokens(shared, &peek) } else { 0 };
     let features = RequestFeatures {
-        model: fields.get("model").and_then(Value::as_str).map(str::to_owned),
+        model: peek.model.as_deref().map(str::to_owned),
         isl_tokens,
         ttft_target_ms: number("x-kvroute-ttft-target-ms", "ttft_target_ms")?,
         itl_target_ms: number("x-kvroute-itl-target-ms", "itl_target_ms")?,
         priority,
     };
-    // Re-encode only when the `kvroute` object was taken out; otherwise forward the bytes as received.
-    let forwarded = if stripped { Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes")) } else { body.clone() };
+    // Re-encode only when the `kvroute` object is to be taken out (rare); otherwise forward the
+    // bytes as received.
+    let forwarded = if stripped { without_kvroute(body)? } else { body.clone() };
     Ok((forwarded, features))
 }
 
+/// The body with its `kvroute` object removed.
+fn without_kvroute(body: &Bytes) -> Result<Bytes, GlobalError> {
+    let mut fields: serde_json::Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
+    fields.remove("kvroute");
+    Ok(Bytes::from(serde_json::to_vec(&fields).expect("a JSON map serializes")))
+}
+
 /// The prompt's length in tokens, with the shared tokenizer (only policies that use it pay).
-fn prompt_tokens(shared: &Shared, fields: &serde_json::Map<String, Value>) -> u64 {
-    if let Some(prompt) = fields.get("prompt").and_then(|p| Prompt::deserialize(p).ok()) {
+fn prompt_tokens(shared: &Shared, peek: &Peek) -> u64 {
+    if let Some(prompt) = peek.prompt.and_then(|p| serde_json::from_str::<Prompt>(p.get()).ok()) {
         return match prompt {
             Prompt::Tokens(ids) => ids.len() as u64,
             Prompt::Text(text) => shared.recent.encode(&shared.tokenizer, &text).map_or(0, |(ids, _)| ids.len() as u64),
         };
     }
-    let Some(messages) = fields.get("messages").and_then(|m| Vec::<ChatMessage>::deserialize(m).ok()) else { return 0 };
+    let Some(messages) = peek.messages.and_then(|m| serde_json::from_str::<Vec<ChatMessage>>(m.get()).ok()) else { return 0 };
     shared
         .tokenizer
         .apply_chat_template(&messages, true)
@@ -385,4 +410,25 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kvroute_object_is_taken_out_and_everything_else_kept() {
+        let body = Bytes::from_static(br#"{"model": "m", "prompt": [1, 2], "kvroute": {"priority": 3}, "max_tokens": 4}"#);
+        let forwarded: Value = serde_json::from_slice(&without_kvroute(&body).unwrap()).unwrap();
+        assert_eq!(forwarded, json!({"model": "m", "prompt": [1, 2], "max_tokens": 4}));
+    }
+
+    #[test]
+    fn the_peek_keeps_the_prompt_raw() {
+        let body = br#"{"model": "m\u00e9", "prompt": "some \"quoted\" text", "extra": [1, {"x": 2}]}"#;
+        let peek: Peek = serde_json::from_slice(body).unwrap();
+        assert_eq!(peek.model.as_deref(), Some("mé"));
+        assert_eq!(peek.prompt.map(RawValue::get), Some(r#""some \"quoted\" text""#));
+        assert!(peek.messages.is_none() && peek.kvroute.is_none());
+    }
 }

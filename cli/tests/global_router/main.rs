@@ -119,13 +119,15 @@ async fn models_are_merged_and_bad_requests_are_refused() {
 
 /// A disaggregated grid picks the prefill pool by input length, which the global router counts
 /// with the tokenizer: short text to pool a, long text (parsed off the runtime) to pool b, and a
-/// long text that begins like the previous one (tokenized from where they part) to b again.
+/// long text that begins like the previous one (tokenized from where they part) to b again; a
+/// priority hint overrides the length.
 #[tokio::test]
 async fn a_length_grid_counts_text_prompts_with_the_tokenizer() {
     let stack = Stack::new(
         r#"{"type": "grid",
             "prefill": {"isl_min": 0, "isl_max": 4000, "isl_resolution": 2, "ttft_min_ms": 0, "ttft_max_ms": 1000,
-                        "ttft_resolution": 1, "prefill_pool_mapping": [["a"], ["b"]]},
+                        "ttft_resolution": 1, "prefill_pool_mapping": [["a"], ["b"]],
+                        "priority_overrides": [{"min_priority": 5, "max_priority": 9, "target_pool": "b"}]},
             "decode": {"context_length_min": 0, "context_length_max": 100000, "context_length_resolution": 1,
                        "itl_min_ms": 0, "itl_max_ms": 100, "itl_resolution": 1, "decode_pool_mapping": [["a"]]}}"#,
     );
@@ -141,6 +143,23 @@ async fn a_length_grid_counts_text_prompts_with_the_tokenizer() {
         assert_eq!(r.headers()["x-kvroute-prefill-pool"].to_str().unwrap(), want, "{} bytes", text.len());
         r.bytes().await.unwrap();
     }
+    // A priority in the body's `kvroute` object (taken out before forwarding) or in the header
+    // overrides the length: short text to b.
+    let hinted = json!({"prompt": "A short question?", "max_tokens": 1, "kvroute": {"priority": 7}});
+    let r = stack.client.post(stack.url("/v1/completions")).json(&hinted).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-kvroute-prefill-pool"].to_str().unwrap(), "b");
+    r.bytes().await.unwrap();
+    let r = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .header("x-kvroute-priority", "6")
+        .json(&json!({"prompt": "A short question?", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-kvroute-prefill-pool"].to_str().unwrap(), "b");
+    r.bytes().await.unwrap();
 }
 
 #[test]
