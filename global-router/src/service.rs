@@ -158,6 +158,9 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
 /// Bodies at least this long are parsed (and their prompt tokenized) off the async runtime.
 const TOKENIZE_OFF_RUNTIME_BYTES: usize = 16 << 10;
 
+/// What a request without a `kvroute` object hints: nothing.
+static NO_HINTS: Value = Value::Null;
+
 /// The fields of a request the global router reads. The prompt and the messages stay raw JSON
 /// (never copied, never parsed into values) unless the policy needs the input length.
 #[derive(Deserialize)]
@@ -179,7 +182,7 @@ fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, R
     }
     let peek: Peek = serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
     let stripped = peek.kvroute.is_some();
-    let from_body = peek.kvroute.clone().unwrap_or(Value::Null);
+    let from_body = peek.kvroute.as_ref().unwrap_or(&NO_HINTS);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
     let number = |name: &str, key: &str| -> Result<Option<f64>, GlobalError> {
         match header(name) {

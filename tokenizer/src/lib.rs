@@ -44,7 +44,7 @@ use thiserror::Error;
 
 pub use chat::{ChatMessage, ChatTemplate, ContentPart, MessageContent};
 pub use recent::{RecentTexts, Tokenization};
-pub use resume::{common_prefix_len, Tokenized};
+pub use resume::Tokenized;
 
 /// End of a document; the builtin tokenizer's id 0.
 pub const ENDOFTEXT: &str = "<|endoftext|>";

@@ -15,7 +15,8 @@
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::{common_prefix_len, Tokenized, Tokenizer, TokenizerError};
+use crate::resume::common_prefix_len;
+use crate::{Tokenized, Tokenizer, TokenizerError};
 use lru::LruCache;
 use xxhash_rust::xxh3::xxh3_128;
 

@@ -60,10 +60,6 @@ impl Tokenized {
         &self.ids
     }
 
-    pub fn into_ids(self) -> Vec<u32> {
-        self.ids
-    }
-
     /// How many of the ids were taken from the earlier text rather than tokenized (0 unless
     /// this came from [`crate::Tokenizer::encode_after`]).
     pub fn reused(&self) -> usize {
@@ -183,7 +179,7 @@ pub(crate) fn encode_after(
 
 /// How many leading bytes `a` and `b` share (compared a block at a time): the most of a text's
 /// beginning [`crate::Tokenizer::encode_after`] can reuse from another's.
-pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     const BLOCK: usize = 64;
     let n = a.len().min(b.len());
     let whole = a[..n].chunks_exact(BLOCK).zip(b[..n].chunks_exact(BLOCK)).take_while(|(x, y)| x == y).count() * BLOCK;

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -38,9 +38,7 @@ fn write_trace(dir: &Path, conversations: u64, turns: u64) -> PathBuf {
 
 /// Run `kvroute <args>` to completion, killed (and the test failed) after `timeout`.
 fn run_bounded(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvroute"))
-        .args(args)
-        .env("RUST_LOG", "warn")
+    let mut child = support::kvroute(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

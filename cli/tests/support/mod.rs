@@ -23,11 +23,16 @@ impl Drop for Process {
     }
 }
 
+/// `kvroute <args>`, logging warnings and errors only.
+pub fn kvroute(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kvroute"));
+    command.args(args).env("RUST_LOG", "warn");
+    command
+}
+
 /// Run `kvroute <args>` and wait (bounded) for its ready line on stdout.
 pub fn spawn(args: &[&str]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvroute"))
-        .args(args)
-        .env("RUST_LOG", "warn")
+    let mut child = kvroute(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -87,11 +87,11 @@ pub fn cost(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
 /// engine computes at least one prompt token even when all are cached.
 pub fn predicted_ttft_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfig) -> f64 {
     let uncached = c.expected_uncached_tokens(isl_tokens, config.block_size);
-    prefill_ms(c.active_prefill_tokens + uncached, c.active_requests > 0, &config.step_time)
+    prefill_in_passes_ms(c.active_prefill_tokens + uncached, c.active_requests > 0, &config.step_time)
 }
 
 /// Milliseconds to prefill `tokens` in full passes, with a decode step in each when `decoding`.
-fn prefill_ms(tokens: u64, decoding: bool, m: &StepTimeModel) -> f64 {
+fn prefill_in_passes_ms(tokens: u64, decoding: bool, m: &StepTimeModel) -> f64 {
     if tokens == 0 {
         return 0.0;
     }
@@ -200,6 +200,7 @@ fn sample(costs: &[f64], temperature: f64, rng: &mut impl Rng) -> usize {
 mod tests {
     use super::*;
     use rand::rngs::SmallRng;
+    use kvroute_protocol::step_time::{prefill_ms, PREFILL_PASS_MS};
     use rand::SeedableRng;
 
     fn candidate(id: u64, overlap: u32, active_blocks: u64, request_blocks: u64) -> Candidate {
@@ -219,11 +220,6 @@ mod tests {
         KvRouterConfig { cost_model: CostModel::Blocks, ..KvRouterConfig::default() }
     }
 
-    /// Milliseconds of one pass of `t` prefill tokens under the default step-time fit.
-    fn pass(t: f64) -> f64 {
-        4.209989e-7 * t * t + 1.518344e-2 * t + 16.50142
-    }
-
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-6
     }
@@ -233,14 +229,14 @@ mod tests {
         let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
         // Idle worker, 1,000 tokens of which 5 blocks (320) cached: one pass of 680 tokens.
         let idle = Candidate { overlap_blocks: 5, ..candidate(1, 0, 0, 0) };
-        assert!(close(predicted_ttft_ms(&idle, 1000, &config), pass(680.0)));
+        assert!(close(predicted_ttft_ms(&idle, 1000, &config), prefill_ms(680)));
         // Fully cached: the engine still computes one token.
         let all = Candidate { overlap_blocks: 2, ..candidate(1, 0, 0, 0) };
-        assert!(close(predicted_ttft_ms(&all, 128, &config), pass(1.0)));
+        assert!(close(predicted_ttft_ms(&all, 128, &config), prefill_ms(1)));
         // 10,000 queued + 1,000 new tokens while others decode: a full pass and 2,808 more, each
         // with a decode step.
         let busy = Candidate { active_prefill_tokens: 10_000, active_requests: 3, ..candidate(1, 0, 0, 0) };
-        let expected = pass(8192.0) + pass(2808.0) + 2.0 * config.step_time.decode_ms;
+        let expected = prefill_ms(8192) + prefill_ms(2808) + 2.0 * config.step_time.decode_ms;
         assert!(close(predicted_ttft_ms(&busy, 1000, &config), expected));
     }
 
@@ -263,16 +259,16 @@ mod tests {
     fn joining_a_pass_delays_everyone_waiting_in_it() {
         let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
         // A pass's token-dependent part (the overhead is paid anyway).
-        let chunk = |t: f64| pass(t) - 16.50142;
+        let chunk = |t: u64| prefill_ms(t) - PREFILL_PASS_MS;
         // Two requests wait with 1,000 tokens; 500 more join their pass.
         let waiting = Candidate { active_prefill_tokens: 1000, prefilling_requests: 2, active_requests: 2, ..candidate(1, 0, 0, 0) };
         let delay = delay_inflicted_ms(&waiting, 500, &config);
-        assert!(close(delay, 2.0 * (chunk(1500.0) - chunk(1000.0))), "{delay}");
+        assert!(close(delay, 2.0 * (chunk(1500) - chunk(1000))), "{delay}");
         // Only the room left in the queue's last pass counts.
         let full = Candidate { active_prefill_tokens: 8192, ..waiting };
         assert_eq!(delay_inflicted_ms(&full, 500, &config), 0.0);
         let almost = Candidate { active_prefill_tokens: 8000, prefilling_requests: 1, ..waiting };
-        assert!(close(delay_inflicted_ms(&almost, 5000, &config), chunk(8192.0) - chunk(8000.0)));
+        assert!(close(delay_inflicted_ms(&almost, 5000, &config), chunk(8192) - chunk(8000)));
         // Nobody waiting, nobody delayed.
         assert_eq!(delay_inflicted_ms(&candidate(1, 0, 0, 0), 500, &config), 0.0);
     }
@@ -292,7 +288,7 @@ mod tests {
         let a = Candidate { overlap_blocks: 0, active_prefill_tokens: 500, ..a };
         let (i, costs) = choose(&[a, b], 6400, &config, rng).unwrap();
         assert_eq!(i, 1);
-        assert!(close(costs[1], pass(6400.0)));
+        assert!(close(costs[1], prefill_ms(6400)));
     }
 
     #[test]
@@ -400,7 +396,7 @@ mod tests {
         assert_eq!("dynamo-classic".parse::<CostModel>(), Ok(CostModel::Blocks));
         assert_eq!("predicted_ttft".parse::<CostModel>(), Ok(CostModel::PredictedTtft));
         assert!("fastest".parse::<CostModel>().is_err());
-                let parsed: RouterConfigOverride = serde_json::from_str(r#"{"prefill_load_scale": 2.0}"#).unwrap();
+        let parsed: RouterConfigOverride = serde_json::from_str(r#"{"prefill_load_scale": 2.0}"#).unwrap();
         assert_eq!(parsed.overlap_score_weight, Some(2.0));
         assert!(serde_json::from_str::<RouterConfigOverride>(r#"{"temperature": 2.0}"#).is_err());
     }

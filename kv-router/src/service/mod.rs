@@ -9,7 +9,7 @@
 //!   and release the request's load however it ends (a guard frees it on drop);
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
 //! - `health`: periodic health checks that take failing workers out and put them back;
-//! - `metrics`: Prometheus metrics;
+//! - `metrics`: Prometheus metrics.
 #![allow(clippy::disallowed_methods)] // the I/O edge may read clocks
 
 pub mod config;
@@ -76,7 +76,6 @@ pub(crate) struct Shared {
     pub config: ServiceConfig,
     router: Mutex<KvRouter>,
     pub tokenizer: Arc<Tokenizer>,
-    /// Recently tokenized texts (a probe and then the request itself tokenize once).
     /// Recently tokenized prompts: a probe and the request after it tokenize once, and a prompt
     /// that begins like a recent one tokenizes only what is new.
     pub encoded: kvroute_tokenizer::RecentTexts,
