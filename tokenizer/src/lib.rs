@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use chat::{ChatMessage, ChatTemplate, ContentPart, MessageContent};
-pub use recent::{RecentTexts, Tokenization};
+pub use recent::{Beginning, RecentTexts, Tokenization};
 pub use resume::Tokenized;
 
 /// End of a document; the builtin tokenizer's id 0.
@@ -231,9 +231,19 @@ impl Tokenizer {
     /// (see [`Tokenized`]); only the rest is tokenized. With a tokenizer that cannot resume
     /// ([`resumes`](Self::resumes) is false), or nothing useful shared, the whole text is.
     pub fn encode_after(&self, earlier: &Tokenized, earlier_text: &str, text: &str) -> Result<Tokenized, TokenizerError> {
+        self.encode_beginning(Some((earlier, earlier_text)), text, text.len())
+    }
+
+    /// The ids of `text`'s beginning, to about byte `limit` — exactly the first ids of
+    /// [`encode`](Self::encode)'s — reusing `earlier` (a tokenization of a text beginning the
+    /// same way, as [`encode_after`](Self::encode_after)) when given. What a query about a
+    /// long prompt's cached prefix needs: the ids stop at a checkpoint at or before `limit`
+    /// ([`Tokenized::ends_at`]), whose ids the rest of the text cannot change. A tokenizer that
+    /// cannot resume, or a limit at or past the end, tokenizes the whole text.
+    pub fn encode_beginning(&self, earlier: Option<(&Tokenized, &str)>, text: &str, limit: usize) -> Result<Tokenized, TokenizerError> {
         match &self.model {
             Model::Hf(hf) => match hf.resume_margin {
-                Some(margin) => resume::encode_after(&hf.tokenizer, margin, earlier, earlier_text, text).map_err(TokenizerError::Encode),
+                Some(margin) => resume::encode_beginning(&hf.tokenizer, margin, earlier, text, limit).map_err(TokenizerError::Encode),
                 None => self.encode_tokenized(text),
             },
             Model::ByteLevel => self.encode_tokenized(text),

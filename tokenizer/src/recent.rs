@@ -5,6 +5,10 @@
 //!   about the same document — reuses that one's ids for the shared beginning and tokenizes only
 //!   the rest ([`Tokenizer::encode_after`], exact), when the tokenizer allows it.
 //!
+//! - a **query** about a long text's cached prefix (a probe) can ask for the text's beginning
+//!   only ([`RecentTexts::encode_beginning`]): the ids stop at a safe point past the bytes asked
+//!   for, and the request that follows carries on from there.
+//!
 //! Tokenizing is by far the most expensive step of routing a long text prompt (≈ 1.5 MB/s: 150
 //! ms for 220 KB), so this is what keeps a probe of one cheap. The kv-router and the global
 //! router each keep one.
@@ -38,6 +42,18 @@ pub enum Tokenization {
     Resumed { reused: usize },
     /// Tokenized whole.
     Whole,
+    /// Only the text's beginning was tokenized (as asked); the first `reused` ids came from a
+    /// recent text.
+    Beginning { reused: usize },
+}
+
+/// The first ids of a text — exactly those of tokenizing it whole — and how far they go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Beginning {
+    pub ids: Vec<u32>,
+    /// Bytes of the text the ids stand for: its length when they are all of its ids.
+    pub bytes: usize,
+    pub how: Tokenization,
 }
 
 struct Entry {
@@ -48,6 +64,11 @@ struct Entry {
 impl Entry {
     fn bytes(&self) -> usize {
         self.text.len() + 4 * self.tokens.ids().len()
+    }
+
+    /// Bytes of the text its ids stand for.
+    fn covered(&self) -> usize {
+        self.tokens.ends_at().unwrap_or(self.text.len())
     }
 }
 
@@ -72,27 +93,42 @@ impl Default for RecentTexts {
 impl RecentTexts {
     /// `text`'s token ids, and how they were obtained.
     pub fn encode(&self, tokenizer: &Tokenizer, text: &str) -> Result<(Vec<u32>, Tokenization), TokenizerError> {
-        let key = xxh3_128(text.as_bytes());
-        if let Some(entry) = self.lock().entries.get(&key) {
-            return Ok((entry.tokens.ids().to_vec(), Tokenization::Cached));
-        }
-        // Tokenize outside the lock: other texts need not wait for this one.
-        let tokens = match self.closest_beginning(tokenizer, text) {
-            Some(earlier) => tokenizer.encode_after(&earlier.tokens, &earlier.text, text)?,
-            // A short text is never resumed from: it needs no checkpoints.
-            None if text.len() < RESUME_MIN_BYTES => Tokenized::plain(tokenizer.encode(text)?),
-            None => tokenizer.encode_tokenized(text)?,
-        };
-        let how = match tokens.reused() {
-            0 => Tokenization::Whole,
-            reused => Tokenization::Resumed { reused },
-        };
-        let ids = tokens.ids().to_vec();
-        self.keep(key, Entry { text: text.into(), tokens });
-        Ok((ids, how))
+        let whole = self.encode_beginning(tokenizer, text, text.len())?;
+        Ok((whole.ids, whole.how))
     }
 
-    /// The recent text sharing the longest beginning with `text`, if one is worth resuming from.
+    /// The ids of `text`'s beginning, covering at least its first `min_bytes` bytes (or all of
+    /// it). Stops early only when the tokenizer can resume ([`Tokenizer::encode_beginning`]);
+    /// a later call for more of the same text, or all of it, carries on from where this one
+    /// stopped.
+    pub fn encode_beginning(&self, tokenizer: &Tokenizer, text: &str, min_bytes: usize) -> Result<Beginning, TokenizerError> {
+        let key = xxh3_128(text.as_bytes());
+        let wanted = min_bytes.min(text.len());
+        let same = self.lock().entries.get(&key).cloned();
+        if let Some(entry) = same.as_ref().filter(|e| e.covered() >= wanted) {
+            return Ok(Beginning { ids: entry.tokens.ids().to_vec(), bytes: entry.covered(), how: Tokenization::Cached });
+        }
+        // Tokenize outside the lock: other texts need not wait for this one.
+        let tokens = if text.len() < RESUME_MIN_BYTES {
+            // A short text is never resumed from: it needs no checkpoints.
+            Tokenized::plain(tokenizer.encode(text)?)
+        } else {
+            let earlier = same.or_else(|| self.closest_beginning(tokenizer, text));
+            tokenizer.encode_beginning(earlier.as_deref().map(|e| (&e.tokens, &*e.text)), text, wanted)?
+        };
+        let how = match (tokens.ends_at(), tokens.reused()) {
+            (Some(_), reused) => Tokenization::Beginning { reused },
+            (None, 0) => Tokenization::Whole,
+            (None, reused) => Tokenization::Resumed { reused },
+        };
+        let entry = Entry { text: text.into(), tokens };
+        let beginning = Beginning { ids: entry.tokens.ids().to_vec(), bytes: entry.covered(), how };
+        self.keep(key, entry);
+        Ok(beginning)
+    }
+
+    /// The recent text sharing the longest tokenized beginning with `text`, if one is worth
+    /// resuming from.
     fn closest_beginning(&self, tokenizer: &Tokenizer, text: &str) -> Option<Arc<Entry>> {
         if text.len() < RESUME_MIN_BYTES || !tokenizer.resumes() {
             return None;
@@ -101,7 +137,7 @@ impl RecentTexts {
         // Pick candidates under the lock (a cheap check each), compare them outside it.
         let candidates: Vec<Arc<Entry>> =
             self.lock().entries.iter().filter(|(_, e)| e.text.as_bytes().starts_with(head)).map(|(_, e)| e.clone()).collect();
-        let shared = |e: &Entry| common_prefix_len(e.text.as_bytes(), text.as_bytes());
+        let shared = |e: &Entry| common_prefix_len(e.text.as_bytes(), text.as_bytes()).min(e.covered());
         candidates.into_iter().map(|e| (shared(&e), e)).max_by_key(|(n, _)| *n).filter(|(n, _)| *n >= RESUME_MIN_BYTES).map(|(_, e)| e)
     }
 
@@ -179,6 +215,32 @@ mod tests {
         // Short texts and texts sharing little are tokenized whole.
         assert_eq!(cache.encode(&tokenizer, &format!("{}?", &doc[..100])).unwrap().1, Tokenization::Whole);
         assert_eq!(cache.encode(&tokenizer, &format!("{}!", &doc[..3000])).unwrap().1, Tokenization::Whole);
+    }
+
+    #[test]
+    fn a_beginning_asked_for_first_is_carried_on_by_the_whole_text() {
+        let tokenizer = Tokenizer::builtin();
+        let cache = RecentTexts::default();
+        let doc = document(2000);
+        let whole = tokenizer.encode(&doc).unwrap();
+        let first = cache.encode_beginning(&tokenizer, &doc, 8192).unwrap();
+        assert!(matches!(first.how, Tokenization::Beginning { reused: 0 }), "{:?}", first.how);
+        assert!(first.bytes <= 8192 && first.bytes > 8192 - 512, "{} bytes", first.bytes);
+        assert!(whole.starts_with(&first.ids));
+        // Asking again for no more is answered from the cache; for more, carried on.
+        assert_eq!(cache.encode_beginning(&tokenizer, &doc, 4096).unwrap().how, Tokenization::Cached);
+        let more = cache.encode_beginning(&tokenizer, &doc, 30_000).unwrap();
+        assert_eq!(more.how, Tokenization::Beginning { reused: first.ids.len() });
+        assert!(whole.starts_with(&more.ids) && more.bytes > first.bytes);
+        let (ids, how) = cache.encode(&tokenizer, &doc).unwrap();
+        assert_eq!(ids, whole);
+        assert_eq!(how, Tokenization::Resumed { reused: more.ids.len() });
+        assert_eq!(cache.encode(&tokenizer, &doc).unwrap().1, Tokenization::Cached);
+        // Another text beginning the same way resumes from what was tokenized of this one.
+        let next = format!("{}A question?", &doc[..20_000]);
+        let other = cache.encode_beginning(&tokenizer, &next, 10_000).unwrap();
+        assert!(matches!(other.how, Tokenization::Beginning { reused } if reused > 0), "{:?}", other.how);
+        assert!(tokenizer.encode(&next).unwrap().starts_with(&other.ids));
     }
 
     #[test]

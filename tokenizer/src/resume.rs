@@ -40,6 +40,9 @@ pub struct Tokenized {
     ids: Vec<u32>,
     checkpoints: Vec<Checkpoint>,
     reused: usize,
+    /// `Some(byte)`: only the text before `byte` (a checkpoint) was tokenized, and `ids` are
+    /// the whole text's first ids, up to there ([`encode_beginning`]). `None`: all of it.
+    ends_at: Option<usize>,
 }
 
 /// Token `token` starts a piece at byte `byte` of the text (see the module docs).
@@ -52,7 +55,7 @@ struct Checkpoint {
 impl Tokenized {
     /// Ids of a text that cannot be resumed from (a tokenizer that does not qualify).
     pub(crate) fn plain(ids: Vec<u32>) -> Self {
-        Tokenized { ids, checkpoints: Vec::new(), reused: 0 }
+        Tokenized { ids, checkpoints: Vec::new(), reused: 0, ends_at: None }
     }
 
     /// The token ids.
@@ -64,6 +67,12 @@ impl Tokenized {
     /// this came from [`crate::Tokenizer::encode_after`]).
     pub fn reused(&self) -> usize {
         self.reused
+    }
+
+    /// `Some(byte)` when only the text before `byte` was tokenized (the ids are then the whole
+    /// text's first ids, exactly); `None` when all of it was.
+    pub fn ends_at(&self) -> Option<usize> {
+        self.ends_at
     }
 
     /// How many places tokenization could restart from.
@@ -140,7 +149,7 @@ pub(crate) fn encode(hf: &tokenizers::Tokenizer, text: &str) -> tokenizers::Resu
             next_at = start + CHECKPOINT_SPACING;
         }
     }
-    Ok(Tokenized { ids: ids.to_vec(), checkpoints, reused: 0 })
+    Ok(Tokenized { ids: ids.to_vec(), checkpoints, reused: 0, ends_at: None })
 }
 
 /// Whether `rest` starts with a non-whitespace character, or with one whitespace character and
@@ -154,27 +163,62 @@ fn at_most_one_space_ahead(rest: &str) -> bool {
     }
 }
 
-/// Tokenizes `text`, reusing `earlier` (the tokenization of `earlier_text`) up to its last
-/// checkpoint that both texts share with `margin` bytes to spare.
-pub(crate) fn encode_after(
+/// The ids of `text` up to about byte `limit` — exactly the whole text's first ids — reusing
+/// `earlier` (the tokenization of `earlier_text`, or of its beginning) up to its last
+/// checkpoint both texts share with `margin` bytes to spare, when given. Tokenizes from the reused part's end to `limit`
+/// and keeps the ids before the last checkpoint with `margin` bytes of text after it inside
+/// that span (see the module docs: the text past it cannot change them). When `limit` reaches
+/// the end, or no checkpoint qualifies, the whole text is tokenized (`ends_at` is `None`).
+pub(crate) fn encode_beginning(
     hf: &tokenizers::Tokenizer,
     margin: usize,
-    earlier: &Tokenized,
-    earlier_text: &str,
+    earlier: Option<(&Tokenized, &str)>,
     text: &str,
+    limit: usize,
 ) -> tokenizers::Result<Tokenized> {
+    if let Some((whole, _)) = earlier.filter(|(e, e_text)| e.ends_at.is_none() && *e_text == text) {
+        return Ok(Tokenized { reused: whole.ids.len(), ..whole.clone() }); // the same text, all of it
+    }
+    let (head_ids, head_checkpoints, from) = match earlier.and_then(|(e, e_text)| usable_prefix(margin, e, e_text, text)) {
+        Some((e, usable)) => (&e.ids[..e.checkpoints[usable - 1].token], &e.checkpoints[..usable], e.checkpoints[usable - 1]),
+        None => (&[][..], &[][..], Checkpoint { token: 0, byte: 0 }),
+    };
+    let mut end = text.len();
+    if limit < text.len() {
+        end = limit.max(from.byte);
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+    }
+    let mut tail = encode(hf, &text[from.byte..end])?;
+    if end < text.len() {
+        let safe = tail.checkpoints.partition_point(|c| from.byte + c.byte + margin <= end);
+        match safe.checked_sub(1).map(|i| tail.checkpoints[i]) {
+            Some(last) => {
+                tail.ids.truncate(last.token);
+                tail.checkpoints.truncate(safe);
+                tail.ends_at = Some(from.byte + last.byte);
+            }
+            None if !head_ids.is_empty() => {
+                // Nothing new that is safe to keep: the reused part is the beginning.
+                tail = Tokenized { ends_at: Some(from.byte), ..Tokenized::default() };
+            }
+            None => tail = encode(hf, text)?, // no piece boundary early enough: all of it
+        }
+    }
+    let mut ids = Vec::with_capacity(head_ids.len() + tail.ids.len());
+    ids.extend_from_slice(head_ids);
+    ids.extend_from_slice(&tail.ids);
+    let mut checkpoints = head_checkpoints.to_vec();
+    checkpoints.extend(tail.checkpoints.iter().map(|c| Checkpoint { token: from.token + c.token, byte: from.byte + c.byte }));
+    Ok(Tokenized { ids, checkpoints, reused: from.token, ends_at: tail.ends_at })
+}
+
+/// `earlier` and how many of its checkpoints `text` can resume from (at least one), if any.
+fn usable_prefix<'e>(margin: usize, earlier: &'e Tokenized, earlier_text: &str, text: &str) -> Option<(&'e Tokenized, usize)> {
     let shared = common_prefix_len(earlier_text.as_bytes(), text.as_bytes());
     let usable = earlier.checkpoints.partition_point(|c| c.byte + margin <= shared);
-    let Some(&cut) = usable.checked_sub(1).map(|i| &earlier.checkpoints[i]) else {
-        return encode(hf, text);
-    };
-    let tail = encode(hf, &text[cut.byte..])?;
-    let mut ids = Vec::with_capacity(cut.token + tail.ids.len());
-    ids.extend_from_slice(&earlier.ids[..cut.token]);
-    ids.extend_from_slice(&tail.ids);
-    let mut checkpoints = earlier.checkpoints[..usable].to_vec();
-    checkpoints.extend(tail.checkpoints.iter().map(|c| Checkpoint { token: cut.token + c.token, byte: cut.byte + c.byte }));
-    Ok(Tokenized { ids, checkpoints, reused: cut.token })
+    (usable > 0).then_some((earlier, usable))
 }
 
 /// How many leading bytes `a` and `b` share (compared a block at a time): the most of a text's

@@ -7,13 +7,15 @@ use super::*;
 const SHIPPED_JSON: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/tokenizer/tokenizer.json");
 
-/// A file in the temp dir, unique to this test process, removed on drop.
+/// A file in the temp dir, unique to this test process and call (tests run concurrently),
+/// removed on drop.
 struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, contents: &str) -> TempFile {
-        let path =
-            std::env::temp_dir().join(format!("kvroute-tokenizer-{}-{name}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("kvroute-tokenizer-{}-{n}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         TempFile(path)
     }
@@ -363,6 +365,51 @@ mod resume {
                 prop_assert_eq!(twice.ids(), &tokenizer.encode(&again).unwrap()[..]);
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// A text's beginning, tokenized alone up to a limit, is the start of its whole ids, and
+        /// carrying on from it — to a further limit, then to the end — gives exactly those ids.
+        #[test]
+        fn a_beginning_is_the_start_of_the_whole_ids_and_carries_on_exactly(
+            text in text(2000),
+            first in any::<prop::sample::Index>(),
+            second in any::<prop::sample::Index>(),
+        ) {
+            let (_file, llama3) = llama3_style();
+            for tokenizer in [Tokenizer::builtin(), llama3] {
+                let whole = tokenizer.encode(&text).unwrap();
+                let limit = first.index(text.len() + 1);
+                let beginning = tokenizer.encode_beginning(None, &text, limit).unwrap();
+                prop_assert!(whole.starts_with(beginning.ids()), "limit {}", limit);
+                if let Some(end) = beginning.ends_at() {
+                    prop_assert!(end <= limit && beginning.ids().len() < whole.len(), "ends at {} for limit {}", end, limit);
+                }
+                let further = limit + second.index(text.len() + 1 - limit);
+                let more = tokenizer.encode_beginning(Some((&beginning, &text)), &text, further).unwrap();
+                prop_assert!(whole.starts_with(more.ids()));
+                prop_assert!(more.ids().len() >= beginning.ids().len());
+                let rest = tokenizer.encode_after(&more, &text, &text).unwrap();
+                prop_assert_eq!(rest.ids(), &whole[..]);
+                prop_assert_eq!(rest.ends_at(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_texts_beginning_stops_near_the_limit() {
+        let tokenizer = Tokenizer::builtin();
+        let doc = document();
+        let beginning = tokenizer.encode_beginning(None, &doc, 4096).unwrap();
+        let end = beginning.ends_at().expect("stopped early");
+        assert!((4096 - 300..=4096).contains(&end), "ends at {end}");
+        assert_eq!(tokenizer.decode(beginning.ids()), doc[..end]);
+        // A limit at or past the end, or a tokenizer that cannot resume, gives the whole text.
+        assert_eq!(tokenizer.encode_beginning(None, &doc, doc.len()).unwrap().ends_at(), None);
+        let bytes = Tokenizer::byte_level().encode_beginning(None, &doc, 4096).unwrap();
+        assert_eq!((bytes.ends_at(), bytes.ids().len()), (None, doc.len()));
     }
 
     fn document() -> String {
