@@ -47,6 +47,17 @@ pub enum Tokenization {
     Beginning { reused: usize },
 }
 
+impl Tokenization {
+    /// How many of a text's `ids` ids were not tokenized this time.
+    pub fn reused(self, ids: usize) -> usize {
+        match self {
+            Tokenization::Cached => ids,
+            Tokenization::Resumed { reused } | Tokenization::Beginning { reused } => reused,
+            Tokenization::Whole => 0,
+        }
+    }
+}
+
 /// The first ids of a text — exactly those of tokenizing it whole — and how far they go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Beginning {

@@ -64,8 +64,7 @@ impl Fixture {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = self.client.get(format!("{}/metrics", self.router)).send().await.unwrap().text().await.unwrap();
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        support::metric(&self.client, &self.router, name).await
     }
 
     /// Publish warm-up blocks until the router has seen one (the subscription is live).

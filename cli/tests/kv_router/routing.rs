@@ -48,6 +48,10 @@ impl Stack {
         t
     }
 
+    pub async fn metric(&self, name: &str) -> f64 {
+        support::metric(&self.client, &self.router.router_http(), name).await
+    }
+
     /// Wait until the router's index knows `blocks` blocks over all workers (events arrived).
     pub async fn wait_indexed_total(&self, blocks: u64) {
         let found = support::eventually(Duration::from_secs(10), || async {
@@ -227,7 +231,51 @@ async fn the_next_turn_of_a_long_conversation_is_tokenized_from_where_it_changes
     assert_eq!(answer["worker_id"].to_string(), worker);
     let (_, by_ids) = stack.post("/best_worker", json!({"token_ids": ids})).await;
     assert_eq!(answer["overlap_blocks"], by_ids["overlap_blocks"]);
-    let metrics = stack.client.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let resumed = metrics.lines().find(|l| l.starts_with(r#"kvroute_router_prompt_tokenizations_total{how="resumed"}"#));
-    assert_eq!(resumed.and_then(|l| l.split_whitespace().last()), Some("1"), "{metrics}");
+    assert_eq!(stack.metric(r#"kvroute_router_prompt_tokenizations_total{how="resumed"}"#).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_query_about_a_long_text_tokenizes_only_a_little_past_what_a_worker_holds() {
+    // A 38 KB document is served. A query about it followed by 60 KB of new text, and one
+    // about 60 KB nobody has seen, each tokenize only a few KB past the cached blocks, answer
+    // the overlaps of their whole token ids and estimate their length; the request that
+    // follows the first query carries on from where it stopped.
+    let stack = Stack::new(2, &[]);
+    let tokenizer = kvroute_tokenizer::Tokenizer::builtin();
+    let tokenized = || stack.metric(r#"kvroute_router_prompt_tokens_total{source="tokenized"}"#);
+    let doc: String = (0..1000).map(|i| format!("Line {i}: the router keeps {} blocks.\n", i * 37 % 1000)).collect();
+    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": doc, "max_tokens": 1})).send().await.unwrap();
+    let worker = served.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
+    served.bytes().await.unwrap();
+    stack.wait_indexed((tokenizer.encode(&doc).unwrap().len() / 16) as u64).await;
+    let fresh = |salt: u32| -> String { (0..2000).map(|i| format!("Row {salt}-{i}: {} cells. ", i * 13 % 997)).collect() };
+
+    for (text, cached) in [(format!("{doc}{}", fresh(1)), true), (fresh(2), false)] {
+        let ids = tokenizer.encode(&text).unwrap();
+        let before = tokenized().await;
+        let (status, by_text) = stack.post("/best_worker", json!({"prompt": text})).await;
+        assert_eq!(status, 200, "{by_text}");
+        let spent = tokenized().await - before;
+        assert!(spent < ids.len() as f64 / 4.0, "tokenized {spent} of {} ids", ids.len());
+        let (_, by_ids) = stack.post("/best_worker", json!({"token_ids": ids})).await;
+        assert_eq!(by_text["overlap_blocks"], by_ids["overlap_blocks"], "cached: {cached}");
+        let (estimate, blocks) = (by_text["request_blocks"].as_f64().unwrap(), (ids.len() / 16) as f64);
+        assert!((estimate - blocks).abs() < blocks * 0.1, "{estimate} blocks estimated, {blocks} in fact");
+        if cached {
+            assert_eq!((by_text["worker_id"].to_string(), by_ids["worker_id"].to_string()), (worker.clone(), worker.clone()));
+            assert!(by_ids["overlap_blocks"].as_u64().unwrap() > 100, "{by_ids}");
+        } else {
+            assert_eq!(by_ids["overlap_blocks"], 0);
+        }
+    }
+    assert_eq!(stack.metric(r#"kvroute_router_prompt_tokenizations_total{how="beginning"}"#).await, 2.0);
+
+    // The request after the first query tokenizes from where the query stopped, not again.
+    let text = format!("{doc}{}", fresh(1));
+    let resumed = stack.metric(r#"kvroute_router_prompt_tokenizations_total{how="resumed"}"#).await;
+    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": text, "max_tokens": 1})).send().await.unwrap();
+    assert_eq!(served.status().as_u16(), 200);
+    assert_eq!(served.headers()["x-kvroute-worker"].to_str().unwrap(), worker);
+    served.bytes().await.unwrap();
+    assert_eq!(stack.metric(r#"kvroute_router_prompt_tokenizations_total{how="resumed"}"#).await, resumed + 1.0);
 }

@@ -122,3 +122,12 @@ impl Process {
 pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> Value {
     client.post(url).json(body).send().await.expect("request sent").json().await.expect("JSON answer")
 }
+
+/// A Prometheus sample's value from `{base}/metrics` (0 if absent): `name` is the sample's
+/// name with its labels as printed (`kvroute_x_total{how="resumed"}`), or without them for the
+/// first sample of that name.
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = client.get(format!("{base}/metrics")).send().await.expect("metrics answered").text().await.expect("metrics text");
+    let sample = |n: &str| n == name || n.strip_prefix(name).is_some_and(|labels| labels.starts_with('{'));
+    text.lines().filter_map(|l| l.rsplit_once(' ')).find(|(n, _)| sample(n)).and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0)
+}

@@ -26,13 +26,30 @@ pub struct BlockedRequest {
     pub local: Vec<LocalBlockHash>,
     /// Sequence hashes of the same blocks (what active-load tracking counts).
     pub sequence: Vec<SequenceHash>,
+    /// Full blocks after the hashed ones, not hashed: a query about a long text prompt
+    /// tokenizes only as much of its beginning as any worker holds, and estimates the rest
+    /// ([`from_beginning`](Self::from_beginning)). They count as cached nowhere. 0 when every
+    /// block is hashed.
+    pub unhashed_blocks: u32,
 }
 
 impl BlockedRequest {
     pub fn from_tokens(tokens: &[u32], block_size: u32, seed: HashSeed) -> Self {
-        let local = block_hashes(tokens, block_size as usize, seed);
+        Self::from_beginning(tokens, tokens.len() as u64, block_size, seed)
+    }
+
+    /// A prompt of `isl_tokens` tokens of which only the first, `beginning`, are known.
+    pub fn from_beginning(beginning: &[u32], isl_tokens: u64, block_size: u32, seed: HashSeed) -> Self {
+        let local = block_hashes(beginning, block_size as usize, seed);
         let sequence = sequence_hashes(&local);
-        BlockedRequest { isl_tokens: tokens.len() as u64, local, sequence }
+        let all_blocks = isl_tokens.max(beginning.len() as u64) / u64::from(block_size);
+        let unhashed_blocks = u32::try_from(all_blocks - local.len() as u64).unwrap_or(u32::MAX);
+        BlockedRequest { isl_tokens: isl_tokens.max(beginning.len() as u64), local, sequence, unhashed_blocks }
+    }
+
+    /// Full blocks in the prompt, hashed or not.
+    pub fn blocks(&self) -> u32 {
+        (self.local.len() as u32).saturating_add(self.unhashed_blocks)
     }
 }
 
@@ -189,11 +206,11 @@ impl<R: Rng> KvRouter<R> {
             .iter()
             .map(|&worker| {
                 let load = self.active.load(worker);
-                let new_blocks = self.active.new_blocks(worker, &request.sequence);
+                let new_blocks = self.active.new_blocks(worker, &request.sequence) + request.unhashed_blocks as usize;
                 Candidate {
                     worker,
                     overlap_blocks: overlaps.get(&worker).copied().unwrap_or(0),
-                    in_flight_prefix_blocks: (request.sequence.len() - new_blocks) as u32,
+                    in_flight_prefix_blocks: (request.blocks() as usize - new_blocks) as u32,
                     cached_blocks: self.index.cached_blocks(worker) as u64,
                     active_prefill_tokens: load.active_prefill_tokens,
                     potential_decode_blocks: new_blocks as u64 + load.active_blocks,
@@ -202,6 +219,12 @@ impl<R: Rng> KvRouter<R> {
                 }
             })
             .collect()
+    }
+
+    /// The most of `request`'s leading blocks any worker has cached or is computing: a query
+    /// that tokenized only a prompt's beginning needs more of it while this reaches its end.
+    pub fn known_prefix_blocks(&self, request: &BlockedRequest) -> u32 {
+        self.candidates(request).iter().map(Candidate::expected_overlap).max().unwrap_or(0)
     }
 
     pub fn potential_loads(&self, request: &BlockedRequest) -> Vec<PotentialLoad> {
@@ -266,7 +289,7 @@ impl<R: Rng> KvRouter<R> {
         let routed = Routed {
             worker: c.worker,
             overlap_blocks: c.overlap_blocks,
-            request_blocks: request.local.len() as u32,
+            request_blocks: request.blocks(),
             potential_prefill_tokens: c.potential_prefill_tokens(request.isl_tokens, config.block_size),
             potential_decode_blocks: c.potential_decode_blocks,
             cost: cost_of_choice.unwrap_or_else(|| costs(&pool, request.isl_tokens, &config)[i]),

@@ -46,6 +46,29 @@ fn a_cached_prompt_routes_to_the_worker_that_holds_it() {
 }
 
 #[test]
+fn a_request_known_only_by_its_beginning_counts_the_rest_as_cached_nowhere() {
+    let mut r = router();
+    let tokens = prompt(64, 1);
+    cached(&mut r, B, &tokens[..24]); // 6 blocks on B
+    // The first 40 tokens known (10 blocks), 100 in all (25 blocks).
+    let beginning = BlockedRequest::from_beginning(&tokens[..40], 100, BS, HashSeed::default());
+    assert_eq!((beginning.local.len(), beginning.unhashed_blocks, beginning.blocks()), (10, 15, 25));
+    assert_eq!(r.known_prefix_blocks(&beginning), 6);
+    let routed = r.best_worker(&beginning, RouteOptions::default()).unwrap();
+    assert_eq!((routed.worker, routed.overlap_blocks, routed.request_blocks), (B, 6, 25));
+    assert_eq!(routed.potential_prefill_tokens, 100 - 24);
+    assert_eq!(routed.potential_decode_blocks, 25);
+    // Known in full, the same prompt length gives the same figures.
+    let whole = BlockedRequest::from_tokens(&prompt(100, 1), BS, HashSeed::default());
+    let exact = r.best_worker(&whole, RouteOptions::default()).unwrap();
+    assert_eq!((exact.overlap_blocks, exact.request_blocks, exact.potential_prefill_tokens), (6, 25, 76));
+    assert_eq!(exact.potential_decode_blocks, 25);
+    // All of the beginning cached: the caller needs more of the prompt to know the overlap.
+    cached(&mut r, A, &tokens[..40]);
+    assert_eq!(r.known_prefix_blocks(&beginning), 10);
+}
+
+#[test]
 fn query_only_changes_no_load_tracked_changes_it_until_free() {
     let mut r = router();
     let req = BlockedRequest::from_tokens(&prompt(40, 2), BS, HashSeed::default());

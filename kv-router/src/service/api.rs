@@ -34,35 +34,121 @@ fn tokenize(shared: &Shared, text: &str) -> Result<Vec<u32>, kvroute_tokenizer::
     Ok(ids)
 }
 
-/// The request's tokens: `token_ids`, else `prompt`, else `messages` through the chat template.
-pub(crate) fn tokens_of(shared: &Shared, q: &RouteQuery) -> Result<Vec<u32>, ApiError> {
+/// How much of a text prompt a call needs turned into ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// All of it: the request is tracked (or served), its every block counts.
+    All,
+    /// A query (`best_worker` without `request_id`, `potential_loads`): only as far as some
+    /// worker holds (or is computing) its blocks — overlaps are exact, the length past that
+    /// is estimated. What keeps a probe of a long text nobody has seen cheap.
+    CachedPrefix,
+}
+
+/// A query tokenizes a long text prompt this far first (≈ 3 ms of tokenizing), then twice as
+/// much more each round while some worker holds every block so far. Texts shorter than twice
+/// this are tokenized whole.
+const QUERY_FIRST_BYTES: usize = 4 * 1024;
+
+/// The request's prompt before tokenization: ids, or text.
+enum PromptInput<'a> {
+    Ids(&'a [u32]),
+    Text(std::borrow::Cow<'a, str>),
+}
+
+/// `token_ids`, else `prompt`, else `messages` through the chat template.
+fn prompt_of<'q>(shared: &Shared, q: &'q RouteQuery) -> Result<PromptInput<'q>, ApiError> {
     let bad = ApiError::bad_request;
-    let tokens = if let Some(ids) = &q.token_ids {
-        ids.clone()
+    Ok(if let Some(ids) = &q.token_ids {
+        PromptInput::Ids(ids)
     } else if let Some(prompt) = &q.prompt {
         match prompt {
-            Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Text(text) => tokenize(shared, text).map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))?,
+            Prompt::Tokens(ids) => PromptInput::Ids(ids),
+            Prompt::Text(text) => PromptInput::Text(text.as_str().into()),
         }
     } else if let Some(messages) = &q.messages {
         if messages.is_empty() {
             return Err(bad("messages must not be empty".into()));
         }
         let text = shared.tokenizer.apply_chat_template(messages, true).map_err(|e| bad(format!("cannot apply the chat template: {e}")))?;
-        tokenize(shared, &text).map_err(|e| bad(format!("cannot tokenize the conversation: {e}")))?
+        PromptInput::Text(text.into())
     } else {
         return Err(bad("one of token_ids, prompt or messages is required".into()));
-    };
-    if tokens.is_empty() {
-        return Err(bad("the prompt is empty".into()));
-    }
-    Ok(tokens)
+    })
 }
 
-pub(crate) fn blocked(shared: &Shared, q: &RouteQuery) -> Result<BlockedRequest, ApiError> {
-    let tokens = tokens_of(shared, q)?;
+/// The request's tokens (all of them).
+fn tokens_of(shared: &Shared, q: &RouteQuery) -> Result<Vec<u32>, ApiError> {
+    let tokens = match prompt_of(shared, q)? {
+        PromptInput::Ids(ids) => ids.to_vec(),
+        PromptInput::Text(text) => tokenize(shared, &text).map_err(cannot_tokenize)?,
+    };
+    non_empty(tokens)
+}
+
+fn non_empty(tokens: Vec<u32>) -> Result<Vec<u32>, ApiError> {
+    match tokens.is_empty() {
+        true => Err(ApiError::bad_request("the prompt is empty")),
+        false => Ok(tokens),
+    }
+}
+
+fn cannot_tokenize(e: kvroute_tokenizer::TokenizerError) -> ApiError {
+    ApiError::bad_request(format!("cannot tokenize the prompt: {e}"))
+}
+
+pub(crate) fn blocked(shared: &Shared, q: &RouteQuery, need: Need) -> Result<BlockedRequest, ApiError> {
     let seed = HashSeed::for_request(q.lora_name.as_deref(), q.cache_salt.as_deref());
-    Ok(BlockedRequest::from_tokens(&tokens, shared.config.router.block_size, seed))
+    let block_size = shared.config.router.block_size;
+    match (prompt_of(shared, q)?, need) {
+        (PromptInput::Text(text), Need::CachedPrefix) if text.len() >= 2 * QUERY_FIRST_BYTES && shared.tokenizer.resumes() => {
+            cached_prefix_blocked(shared, &text, seed)
+        }
+        _ => Ok(BlockedRequest::from_tokens(&tokens_of(shared, q)?, block_size, seed)),
+    }
+}
+
+/// A long text prompt for a query: its beginning tokenized only as far as some worker holds
+/// or computes its blocks (and a little past), the tokens after that estimated from the bytes
+/// left at the bytes per token of the part tokenized last. Exact overlaps for every worker;
+/// the request that follows carries on tokenizing from where this stopped (the recent-text
+/// cache). A beginning
+/// shared with a recent text costs nothing to tokenize, so each round asks for `step` bytes
+/// past what the last one got, `step` doubling.
+fn cached_prefix_blocked(shared: &Shared, text: &str, seed: HashSeed) -> Result<BlockedRequest, ApiError> {
+    let block_size = shared.config.router.block_size;
+    let (mut want, mut step) = (QUERY_FIRST_BYTES, QUERY_FIRST_BYTES);
+    let mut last = (0u64, 0u64); // (ids, bytes) of the last round's beginning
+    // Counted once per query: ids reused from other texts (the first round's), ids tokenized.
+    let (mut first_reused, mut tokenized) = (None, 0);
+    loop {
+        let beginning = shared.encoded.encode_beginning(&shared.tokenizer, text, want).map_err(cannot_tokenize)?;
+        let this_round = beginning.how.reused(beginning.ids.len());
+        let reused = *first_reused.get_or_insert(this_round);
+        tokenized += beginning.ids.len() - this_round;
+        let done = |request| {
+            shared.metrics.count_tokenization(beginning.how, reused, tokenized);
+            Ok(request)
+        };
+        if beginning.bytes >= text.len() {
+            return done(BlockedRequest::from_tokens(&non_empty(beginning.ids.clone())?, block_size, seed));
+        }
+        // Bytes per token of the part this round added (the text nearest the rest): a long
+        // document before a question tokenizes differently from the question.
+        let (ids, bytes) = (beginning.ids.len() as u64, beginning.bytes as u64);
+        let (new_ids, new_bytes) = match ids > last.0 && bytes > last.1 {
+            true => (ids - last.0, bytes - last.1),
+            false => (ids.max(1), bytes.max(1)),
+        };
+        let isl_tokens = ids + ((text.len() as u64 - bytes) * new_ids).div_ceil(new_bytes);
+        last = (ids, bytes);
+        let request = BlockedRequest::from_beginning(&beginning.ids, isl_tokens, block_size, seed);
+        if (shared.router().known_prefix_blocks(&request) as usize) < request.local.len() {
+            return done(request);
+        }
+        step *= 2;
+        want = beginning.bytes + step;
+    }
 }
 
 /// Prompts at least this long are tokenized off the async runtime.
@@ -71,12 +157,12 @@ const OFF_RUNTIME_BYTES: usize = 16 * 1024;
 /// [`blocked`], on a blocking thread when the prompt is long: tokenizing 220 KB of text takes
 /// ≈ 160 ms, which would hold a runtime worker — and every request queued behind it — for that
 /// long. Short prompts (the common case) stay inline: a thread hop costs more than they do.
-pub(crate) async fn blocked_off_runtime(shared: &Arc<Shared>, q: &RouteQuery) -> Result<BlockedRequest, ApiError> {
+pub(crate) async fn blocked_off_runtime(shared: &Arc<Shared>, q: &RouteQuery, need: Need) -> Result<BlockedRequest, ApiError> {
     if text_bytes(q) < OFF_RUNTIME_BYTES {
-        return blocked(shared, q);
+        return blocked(shared, q, need);
     }
     let (shared, q) = (shared.clone(), q.clone());
-    tokio::task::spawn_blocking(move || blocked(&shared, &q))
+    tokio::task::spawn_blocking(move || blocked(&shared, &q, need))
         .await
         .unwrap_or_else(|e| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizing the prompt failed: {e}"))))
 }
@@ -121,7 +207,8 @@ pub async fn best_worker(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         Ok(q) => q,
         Err(r) => return r.into_response(),
     };
-    let (request, o) = match (blocked_off_runtime(&shared, &q).await, config_override(&q)) {
+    let need = if q.request_id.is_some() { Need::All } else { Need::CachedPrefix };
+    let (request, o) = match (blocked_off_runtime(&shared, &q, need).await, config_override(&q)) {
         (Ok(r), Ok(o)) => (r, o),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
@@ -141,7 +228,7 @@ pub async fn potential_loads(State(shared): State<Arc<Shared>>, body: Bytes) -> 
         Ok(q) => q,
         Err(r) => return r.into_response(),
     };
-    match blocked_off_runtime(&shared, &q).await {
+    match blocked_off_runtime(&shared, &q, Need::CachedPrefix).await {
         Ok(request) => Json(shared.router().potential_loads(&request)).into_response(),
         Err(e) => e.into_response(),
     }

@@ -17,7 +17,7 @@ use kvroute_protocol::api::RouteQuery;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::api::{blocked_off_runtime, config_override, parse};
+use super::api::{blocked_off_runtime, config_override, parse, Need};
 use super::{error_response, ApiError, Shared};
 use crate::router::{Forced, ForcedWorker, RouteOptions};
 
@@ -87,7 +87,7 @@ async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'
     };
     query.router_config_override = router_override;
     query.token_ids = None; // generate scores what the worker will see: prompt or messages
-    let (request, o, forced) = match (blocked_off_runtime(&shared, &query).await, config_override(&query), forced_worker(&headers)) {
+    let (request, o, forced) = match (blocked_off_runtime(&shared, &query, Need::All).await, config_override(&query), forced_worker(&headers)) {
         (Ok(r), Ok(o), Ok(f)) => (r, o, f),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
     };

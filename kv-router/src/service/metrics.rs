@@ -51,7 +51,7 @@ impl Metrics {
             worker_healthy: register(&r, GaugeVec::new(Opts::new("kvroute_router_worker_healthy", "1 if the worker is in selection."), &["worker"]).expect("valid metric")),
             tokenizations: counter(
                 "kvroute_router_prompt_tokenizations_total",
-                "Text prompts turned into ids, by how: cached (the same text recently), resumed (a recent text's beginning reused), whole.",
+                "Text prompts turned into ids, by how: cached (the same text recently), resumed (a recent text's beginning reused), whole, beginning (a query's: only as far as a worker holds it).",
                 &["how"],
             ),
             prompt_tokens: counter("kvroute_router_prompt_tokens_total", "Ids of text prompts, by whether they were tokenized or reused.", &["source"]),
@@ -67,15 +67,24 @@ impl Metrics {
         }
     }
 
+    /// A text turned into `ids` ids, `how`.
     pub fn record_tokenization(&self, how: Tokenization, ids: usize) {
-        let (label, reused) = match how {
-            Tokenization::Cached => ("cached", ids),
-            Tokenization::Resumed { reused } => ("resumed", reused),
-            Tokenization::Whole => ("whole", 0),
+        let reused = how.reused(ids);
+        self.count_tokenization(how, reused, ids - reused);
+    }
+
+    /// A text turned into ids `how` (the last step, when it took several), `reused` of them
+    /// from earlier texts and `tokenized` tokenized.
+    pub fn count_tokenization(&self, how: Tokenization, reused: usize, tokenized: usize) {
+        let label = match how {
+            Tokenization::Cached => "cached",
+            Tokenization::Resumed { .. } => "resumed",
+            Tokenization::Whole => "whole",
+            Tokenization::Beginning { .. } => "beginning",
         };
         self.tokenizations.with_label_values(&[label]).inc();
         self.prompt_tokens.with_label_values(&["reused"]).inc_by(reused as f64);
-        self.prompt_tokens.with_label_values(&["tokenized"]).inc_by((ids - reused) as f64);
+        self.prompt_tokens.with_label_values(&["tokenized"]).inc_by(tokenized as f64);
     }
 
     pub fn render(&self, shared: &Shared) -> String {
