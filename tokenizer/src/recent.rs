@@ -30,6 +30,9 @@ const ENTRIES: usize = 64;
 const BUDGET_BYTES: usize = 128 << 20;
 /// Texts shorter than this are tokenized whole: it costs less than looking for a beginning.
 const RESUME_MIN_BYTES: usize = 4096;
+/// A recent text sharing all but this much of a text's beginning is resumed from without
+/// comparing older ones (which could save tokenizing at most this much: ≈ 1 ms).
+const GOOD_ENOUGH_BYTES: usize = 1024;
 /// Texts are compared for a shared beginning only if their first bytes agree this far.
 const PROBE_BYTES: usize = 64;
 
@@ -145,11 +148,23 @@ impl RecentTexts {
             return None;
         }
         let head = &text.as_bytes()[..PROBE_BYTES];
-        // Pick candidates under the lock (a cheap check each), compare them outside it.
+        // Pick candidates under the lock (a cheap check each), compare them outside it, most
+        // recent first: comparing is a pass over both texts, 64 of them 14 MB for 220 KB prompts
+        // sharing a document, so stop at one that leaves little to tokenize.
         let candidates: Vec<Arc<Entry>> =
             self.lock().entries.iter().filter(|(_, e)| e.text.as_bytes().starts_with(head)).map(|(_, e)| e.clone()).collect();
         let shared = |e: &Entry| common_prefix_len(e.text.as_bytes(), text.as_bytes()).min(e.covered());
-        candidates.into_iter().map(|e| (shared(&e), e)).max_by_key(|(n, _)| *n).filter(|(n, _)| *n >= RESUME_MIN_BYTES).map(|(_, e)| e)
+        let mut best: Option<(usize, Arc<Entry>)> = None;
+        for entry in candidates {
+            let n = shared(&entry);
+            if best.as_ref().is_none_or(|(most, _)| n > *most) {
+                best = Some((n, entry));
+            }
+            if n + GOOD_ENOUGH_BYTES >= text.len() {
+                break;
+            }
+        }
+        best.filter(|(n, _)| *n >= RESUME_MIN_BYTES).map(|(_, e)| e)
     }
 
     fn keep(&self, key: u128, entry: Entry) {
