@@ -30,7 +30,7 @@ const ENTRIES: usize = 64;
 const BUDGET_BYTES: usize = 128 << 20;
 /// Texts shorter than this are tokenized whole: it costs less than looking for a beginning.
 const RESUME_MIN_BYTES: usize = 4096;
-/// A recent text sharing all but this much of a text's beginning is resumed from without
+/// A recent text sharing all but this much of what is wanted of a text is resumed from without
 /// comparing older ones (which could save tokenizing at most this much: ≈ 1 ms).
 const GOOD_ENOUGH_BYTES: usize = 1024;
 /// Texts are compared for a shared beginning only if their first bytes agree this far.
@@ -127,7 +127,7 @@ impl RecentTexts {
             // A short text is never resumed from: it needs no checkpoints.
             Tokenized::plain(tokenizer.encode(text)?)
         } else {
-            let earlier = same.or_else(|| self.closest_beginning(tokenizer, text));
+            let earlier = same.or_else(|| self.closest_beginning(tokenizer, text, wanted));
             tokenizer.encode_beginning(earlier.as_deref().map(|e| (&e.tokens, &*e.text)), text, wanted)?
         };
         let how = match (tokens.ends_at(), tokens.reused()) {
@@ -141,30 +141,31 @@ impl RecentTexts {
         Ok(beginning)
     }
 
-    /// The recent text sharing the longest tokenized beginning with `text`, if one is worth
-    /// resuming from.
-    fn closest_beginning(&self, tokenizer: &Tokenizer, text: &str) -> Option<Arc<Entry>> {
+    /// The recent text sharing the longest tokenized beginning with `text`, if any: resuming
+    /// from any shared checkpoint costs less than tokenizing from the start. One that covers
+    /// the `wanted` bytes (all but 1 KB of them) ends the search.
+    fn closest_beginning(&self, tokenizer: &Tokenizer, text: &str, wanted: usize) -> Option<Arc<Entry>> {
         if text.len() < RESUME_MIN_BYTES || !tokenizer.resumes() {
             return None;
         }
         let head = &text.as_bytes()[..PROBE_BYTES];
         // Pick candidates under the lock (a cheap check each), compare them outside it, most
-        // recent first: comparing is a pass over both texts, 64 of them 14 MB for 220 KB prompts
-        // sharing a document, so stop at one that leaves little to tokenize.
+        // recent first: comparing is a pass over both texts (64 prompts sharing a 220 KB
+        // document are 14 MB), so stop at one that leaves little to tokenize.
         let candidates: Vec<Arc<Entry>> =
             self.lock().entries.iter().filter(|(_, e)| e.text.as_bytes().starts_with(head)).map(|(_, e)| e.clone()).collect();
-        let shared = |e: &Entry| common_prefix_len(e.text.as_bytes(), text.as_bytes()).min(e.covered());
+        let shared = |e: &Entry| common_prefix_len(&e.text.as_bytes()[..e.covered()], text.as_bytes());
         let mut best: Option<(usize, Arc<Entry>)> = None;
         for entry in candidates {
             let n = shared(&entry);
             if best.as_ref().is_none_or(|(most, _)| n > *most) {
                 best = Some((n, entry));
             }
-            if n + GOOD_ENOUGH_BYTES >= text.len() {
+            if n + GOOD_ENOUGH_BYTES >= wanted {
                 break;
             }
         }
-        best.filter(|(n, _)| *n >= RESUME_MIN_BYTES).map(|(_, e)| e)
+        best.map(|(_, e)| e)
     }
 
     fn keep(&self, key: u128, entry: Entry) {
@@ -267,6 +268,22 @@ mod tests {
         let other = cache.encode_beginning(&tokenizer, &next, 10_000).unwrap();
         assert!(matches!(other.how, Tokenization::Beginning { reused } if reused > 0), "{:?}", other.how);
         assert!(tokenizer.encode(&next).unwrap().starts_with(&other.ids));
+    }
+
+    #[test]
+    fn a_beginning_is_resumed_from_by_the_next_query_about_a_text_beginning_the_same_way() {
+        // A router that holds none of a conversation is asked about each turn: after the
+        // first, the few KB each query needs come from the last one's beginning.
+        let tokenizer = Tokenizer::builtin();
+        let cache = RecentTexts::default();
+        let doc = document(3000);
+        let first = cache.encode_beginning(&tokenizer, &format!("{doc}First?"), 4096).unwrap();
+        assert!(matches!(first.how, Tokenization::Beginning { reused: 0 }), "{:?}", first.how);
+        let next = format!("{doc}Second?");
+        let second = cache.encode_beginning(&tokenizer, &next, 4096).unwrap();
+        assert_eq!(second.how, Tokenization::Beginning { reused: first.ids.len() });
+        assert_eq!(second.ids, first.ids);
+        assert!(tokenizer.encode(&next).unwrap().starts_with(&second.ids));
     }
 
     #[test]
