@@ -60,22 +60,31 @@ fn cluster(name: &str, router: SocketAddr) -> Value {
     })
 }
 
-/// The configuration: `pools` are (name, router address); the first pool is the fallback.
-pub fn config(listen: SocketAddr, pools: &[(String, SocketAddr)], wasm: &Path, block_size: u32) -> Value {
+/// One pool as Envoy sees it: a cluster of one kv-router.
+pub struct EnvoyPool {
+    pub name: String,
+    pub router: SocketAddr,
+    /// The longest prompt its engines accept (the filter sends longer ones elsewhere).
+    pub max_input_tokens: Option<u64>,
+}
+
+/// The configuration; the first pool is the fallback.
+pub fn config(listen: SocketAddr, pools: &[EnvoyPool], wasm: &Path, block_size: u32) -> Value {
     let cluster_of = |name: &str| format!("router_{name}");
     let mut routes: Vec<Value> = pools
         .iter()
-        .map(|(name, _)| {
-            json!({"match": {"prefix": "/", "headers": [{"name": "x-kvroute-pool", "string_match": {"exact": name}}]},
-                   "route": {"cluster": cluster_of(name), "timeout": "0s"}})
+        .map(|p| {
+            json!({"match": {"prefix": "/", "headers": [{"name": "x-kvroute-pool", "string_match": {"exact": p.name}}]},
+                   "route": {"cluster": cluster_of(&p.name), "timeout": "0s"}})
         })
         .collect();
-    routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": cluster_of(&pools[0].0), "timeout": "0s"}}));
+    routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": cluster_of(&pools[0].name), "timeout": "0s"}}));
     let filter_config = json!({
-        "groups": pools.iter().map(|(name, _)| json!({"pool": name, "cluster": cluster_of(name)})).collect::<Vec<_>>(),
+        "groups": pools.iter().map(|p| json!({"pool": p.name, "cluster": cluster_of(&p.name)})).collect::<Vec<_>>(),
+        "pools": pools.iter().map(|p| json!({"name": p.name, "max_input_tokens": p.max_input_tokens})).collect::<Vec<_>>(),
         "policy": {"type": "kv_overlap", "block_size": block_size},
         "probe_timeout_ms": 100,
-        "fallback_pool": pools[0].0,
+        "fallback_pool": pools[0].name,
     });
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -106,7 +115,7 @@ pub fn config(listen: SocketAddr, pools: &[(String, SocketAddr)], wasm: &Path, b
                     },
                 }]}],
             }],
-            "clusters": pools.iter().map(|(name, addr)| cluster(&cluster_of(name), *addr)).collect::<Vec<_>>(),
+            "clusters": pools.iter().map(|p| cluster(&cluster_of(&p.name), p.router)).collect::<Vec<_>>(),
         },
     })
 }

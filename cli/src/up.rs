@@ -150,6 +150,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let stack = load(&args.stack)?;
     let tokenizer = Arc::new(load_tokenizer(stack.tokenizer.as_ref(), stack.chat_template.as_ref())?);
     let mut report = Vec::new();
+    // The longest prompt each pool's mockers accept: the pool choice sends longer ones elsewhere.
+    let mut max_input_tokens = Vec::new();
     for pool in &stack.pools {
         let defaults = EngineConfig::default();
         let engine = EngineConfig {
@@ -161,6 +163,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             timing: TimingModel { speedup_ratio: pool.mocker.speedup_ratio.unwrap_or(1.0), ..TimingModel::default() },
             ..defaults
         };
+        max_input_tokens.push(engine.max_len().saturating_sub(1).max(1) as u64); // room for one output token
         let mut workers = Vec::new();
         let mut worker_report = Vec::new();
         for _ in 0..pool.workers {
@@ -208,13 +211,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .pools
                 .iter()
                 .zip(&report)
-                .map(|(p, r)| PoolEntry {
+                .zip(&max_input_tokens)
+                .map(|((p, r), &max_input)| PoolEntry {
                     name: p.name.clone(),
                     routers: vec![r["router"].as_str().unwrap_or_default().to_owned()],
                     model: p.model.clone(),
                     priority: p.priority,
                     weight: p.weight,
                     limits: None,
+                    max_input_tokens: Some(max_input),
                 })
                 .collect(),
             policy: g.policy.clone(),
@@ -233,11 +238,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(e) = &stack.envoy {
         match (crate::envoy::find_binary(), crate::envoy::find_wasm()) {
             (Some(binary), Some(wasm)) => {
-                let pools: Vec<(String, SocketAddr)> = report
+                let pools: Vec<crate::envoy::EnvoyPool> = report
                     .iter()
-                    .map(|p| {
+                    .zip(&max_input_tokens)
+                    .map(|(p, &max_input)| {
                         let addr = p["router"].as_str().and_then(|u| u.strip_prefix("http://")).and_then(|a| a.parse().ok());
-                        (p["name"].as_str().unwrap_or_default().to_owned(), addr.unwrap_or_else(|| SocketAddr::new(stack.host, 0)))
+                        crate::envoy::EnvoyPool {
+                            name: p["name"].as_str().unwrap_or_default().to_owned(),
+                            router: addr.unwrap_or_else(|| SocketAddr::new(stack.host, 0)),
+                            max_input_tokens: Some(max_input),
+                        }
                     })
                     .collect();
                 let config = crate::envoy::config(SocketAddr::new(stack.host, e.port), &pools, &wasm, stack.block_size);

@@ -23,6 +23,9 @@ pub struct PoolEntry {
     pub weight: f64,
     #[serde(default)]
     pub limits: Option<PoolLimits>,
+    /// The longest prompt the pool's engines accept, in tokens (see pool-select's `PoolFacts`).
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
 }
 
 fn one() -> f64 {
@@ -91,7 +94,14 @@ impl GlobalRouterConfig {
             pools: self
                 .pools
                 .iter()
-                .map(|p| PoolFacts { name: p.name.clone(), model: p.model.clone(), priority: p.priority, weight: p.weight, limits: p.limits.clone() })
+                .map(|p| PoolFacts {
+                    name: p.name.clone(),
+                    model: p.model.clone(),
+                    priority: p.priority,
+                    weight: p.weight,
+                    limits: p.limits.clone(),
+                    max_input_tokens: p.max_input_tokens,
+                })
                 .collect(),
             policy: self.policy.clone(),
         }

@@ -47,7 +47,8 @@ impl SelectConfig {
     }
 }
 
-/// At least one pool; names unique and header-safe; models non-empty; weights finite and > 0.
+/// At least one pool; names unique and header-safe; models non-empty; weights finite and > 0;
+/// context limits > 0.
 pub(crate) fn validate_pools(pools: &[PoolFacts]) -> Result<(), ConfigError> {
     if pools.is_empty() {
         return Err(ConfigError::new("pools", "must list at least one pool"));
@@ -67,6 +68,9 @@ pub(crate) fn validate_pools(pools: &[PoolFacts]) -> Result<(), ConfigError> {
         }
         if !(pool.weight.is_finite() && pool.weight > 0.0) {
             return Err(ConfigError::new(at("weight"), format!("must be > 0, got {}", pool.weight)));
+        }
+        if pool.max_input_tokens == Some(0) {
+            return Err(ConfigError::new(at("max_input_tokens"), "must be > 0 (omit it for no limit)"));
         }
     }
     Ok(())

@@ -94,10 +94,14 @@ pub(crate) fn summary(policy_summary: String, removed: &[Removal]) -> String {
     let mut s = policy_summary;
     let skipped: Vec<String> = removed
         .iter()
-        .filter(|r| r.filter == "health" || r.filter == "saturation")
-        .map(|r| {
-            let tag = if r.filter == "health" { "unhealthy" } else { "saturated" };
-            format!("{}:{tag}", header_safe(&r.name))
+        .filter_map(|r| {
+            let tag = match r.filter {
+                "health" => "unhealthy",
+                "context" => "too_long",
+                "saturation" => "saturated",
+                _ => return None,
+            };
+            Some(format!("{}:{tag}", header_safe(&r.name)))
         })
         .collect();
     if !skipped.is_empty() {

@@ -27,6 +27,10 @@ pub struct PoolFacts {
     /// When the pool counts as saturated (needs a probe to tell).
     #[serde(default)]
     pub limits: Option<PoolLimits>,
+    /// The longest prompt the pool's engines accept (their context window, in tokens): a
+    /// longer one goes to another pool while one can take it. `None`: no limit known.
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
 }
 
 fn default_weight() -> f64 {
@@ -34,9 +38,9 @@ fn default_weight() -> f64 {
 }
 
 impl PoolFacts {
-    /// A pool serving any model, priority 0, weight 1, no limits.
+    /// A pool serving any model, priority 0, weight 1, no limits, no context limit.
     pub fn new(name: impl Into<String>) -> Self {
-        PoolFacts { name: name.into(), model: None, priority: 0, weight: 1.0, limits: None }
+        PoolFacts { name: name.into(), model: None, priority: 0, weight: 1.0, limits: None, max_input_tokens: None }
     }
 
     /// Whether this pool may serve a request for `model` (`None`: the request names none).

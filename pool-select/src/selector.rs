@@ -64,6 +64,18 @@ impl<R: Rng> Selector<R> {
         self.needs_probes() && candidates > 1
     }
 
+    /// The prompt's length in tokens, if known: with `kv_overlap` (which knows the routers'
+    /// block size), the longest `request_blocks` a probe reports — the routers count with the
+    /// engines' tokenizer; else the request's `isl_tokens` when the caller counted them (a
+    /// front door without that tokenizer only estimates).
+    fn input_tokens(&self, features: &RequestFeatures, probes: &[Option<&BestWorkerResponse>]) -> Option<u64> {
+        let probed = match &self.compiled {
+            Compiled::KvOverlap(c) => probes.iter().flatten().map(|p| u64::from(p.request_blocks) * u64::from(c.block_size)).max(),
+            _ => None,
+        };
+        probed.or((features.isl_tokens > 0).then_some(features.isl_tokens))
+    }
+
     /// Chooses the pool for one request. `states[i]` and `probes[i]` describe pool `i`
     /// (`None`: not probed, timed out or unreadable).
     pub fn decide(
@@ -78,7 +90,7 @@ impl<R: Rng> Selector<R> {
         }
         let views: Vec<PoolView<'_>> =
             (0..n).map(|i| PoolView { facts: &self.pools[i], state: states[i], probe: probes[i] }).collect();
-        let filter::Filtered { eligible, mut removed } = filter::apply(features, &views)?;
+        let filter::Filtered { eligible, mut removed } = filter::apply(features, self.input_tokens(features, probes), &views)?;
         let choice = match &self.compiled {
             Compiled::KvOverlap(c) => kv_overlap::choose(c, &views, &eligible, &mut self.rng).ok_or_else(Vec::new),
             Compiled::Grid(g) => g.choose(features, &views, &eligible),
@@ -127,6 +139,26 @@ mod tests {
         let d = pools.selector(kv(), 0).decide(&features(Some("qwen")), &pools.states, &[None; 2]).unwrap();
         assert_eq!(d.pool_name, "b");
         assert_eq!(d.removed[0].filter, "model");
+    }
+
+    #[test]
+    fn a_prompt_longer_than_a_pools_context_goes_to_one_that_can_take_it() {
+        // The short-context pool holds the prompt's prefix, but cannot take the whole prompt.
+        let pools = Pools::new(&["chat", "long"]).max_input(0, 4096);
+        let long = BestWorkerResponse { request_blocks: 300, ..probe(0, 4800, 300) }; // 4,800 tokens at 16
+        let cached = BestWorkerResponse { request_blocks: 300, ..probe(250, 800, 300) };
+        let mut s = pools.selector(kv(), 0);
+        let d = s.decide(&features(None), &pools.states, &[Some(&cached), Some(&long)]).unwrap();
+        assert_eq!(d.pool_name, "long");
+        assert_eq!((d.removed[0].name.as_str(), d.removed[0].filter), ("chat", "context"));
+        // The probes' count goes before the caller's estimate; without probes, the caller's.
+        let estimate = RequestFeatures { isl_tokens: 4000, ..features(None) };
+        assert_eq!(s.decide(&estimate, &pools.states, &[Some(&cached), Some(&long)]).unwrap().pool_name, "long");
+        let over = RequestFeatures { isl_tokens: 5000, ..features(None) };
+        assert_eq!(s.decide(&over, &pools.states, &[None, None]).unwrap().removed[0].filter, "context");
+        assert!(s.decide(&estimate, &pools.states, &[None, None]).unwrap().removed.is_empty());
+        // No probe and no count: the length is unknown and nothing is removed.
+        assert!(s.decide(&features(None), &pools.states, &[None, None]).unwrap().removed.is_empty());
     }
 
     #[test]

@@ -47,6 +47,10 @@ impl Pools {
         self.facts[i].limits.get_or_insert_with(PoolLimits::default).max_potential_decode_blocks = Some(max);
         self
     }
+    pub fn max_input(mut self, i: usize, max: u64) -> Self {
+        self.facts[i].max_input_tokens = Some(max);
+        self
+    }
     pub fn views<'a>(&'a self, probes: &[Option<&'a BestWorkerResponse>]) -> Vec<PoolView<'a>> {
         (0..self.facts.len())
             .map(|i| PoolView { facts: &self.facts[i], state: self.states[i], probe: probes[i] })

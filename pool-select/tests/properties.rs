@@ -29,12 +29,14 @@ impl Round {
 
 fn pool(i: usize) -> impl Strategy<Value = PoolFacts> {
     let limits = prop::option::of((prop::option::of(0u64..400), prop::option::of(0u64..40)));
-    (0..3usize, 0u32..3, 0.1f64..10.0, limits).prop_map(move |(m, priority, weight, limits)| PoolFacts {
+    let context = prop::option::of(1u64..200);
+    (0..3usize, 0u32..3, 0.1f64..10.0, limits, context).prop_map(move |(m, priority, weight, limits, max_input_tokens)| PoolFacts {
         name: format!("p{i}"),
         model: MODELS[m].map(Into::into),
         priority,
         weight,
         limits: limits.map(|(p, d)| PoolLimits { max_potential_prefill_tokens: p, max_potential_decode_blocks: d }),
+        max_input_tokens,
     })
 }
 
@@ -114,6 +116,19 @@ fn selector(pools: &[PoolFacts], policy: &Policy, seed: u64) -> Selector<SmallRn
     Selector::new(config, SmallRng::seed_from_u64(seed)).unwrap()
 }
 
+/// The prompt length the selector goes by: (kv_overlap) the probes', else the request's count.
+fn input_tokens(policy: &Policy, r: &Round) -> Option<u64> {
+    let probed = match policy {
+        Policy::KvOverlap(c) => r.probes.iter().flatten().map(|p| u64::from(p.request_blocks) * u64::from(c.block_size)).max(),
+        _ => None,
+    };
+    probed.or((r.features.isl_tokens > 0).then_some(r.features.isl_tokens))
+}
+
+fn too_long(facts: &PoolFacts, input_tokens: Option<u64>) -> bool {
+    matches!((input_tokens, facts.max_input_tokens), (Some(t), Some(max)) if t > max)
+}
+
 fn saturated(facts: &PoolFacts, probe: Option<&BestWorkerResponse>) -> bool {
     matches!((&facts.limits, probe), (Some(l), Some(p)) if l.exceeded_by(p).is_some())
 }
@@ -130,23 +145,27 @@ proptest! {
     }
 
     #[test]
-    fn decisions_respect_model_health_saturation_and_priority((pools, policy, rounds, seed) in case()) {
+    fn decisions_respect_model_health_context_saturation_and_priority((pools, policy, rounds, seed) in case()) {
         let mut s = selector(&pools, &policy, seed);
         let is_grid = matches!(policy, Policy::Grid(_));
         for r in &rounds {
             let model = r.features.model.as_deref();
             let can_serve: Vec<usize> =
                 (0..pools.len()).filter(|&i| pools[i].serves(model) && r.states[i].healthy).collect();
+            let input = input_tokens(&policy, r);
+            let fit: Vec<usize> = can_serve.iter().copied().filter(|&i| !too_long(&pools[i], input)).collect();
+            let fit = if fit.is_empty() { can_serve.clone() } else { fit };
             let fresh: Vec<usize> =
-                can_serve.iter().copied().filter(|&i| !saturated(&pools[i], r.probes[i].as_ref())).collect();
+                fit.iter().copied().filter(|&i| !saturated(&pools[i], r.probes[i].as_ref())).collect();
             match r.decide(&mut s) {
                 Ok(d) => {
                     prop_assert!(can_serve.contains(&d.pool), "chose a pool that cannot serve: {:?}", d);
+                    prop_assert!(fit.contains(&d.pool), "chose a pool the prompt is too long for: {:?}", d);
                     if !fresh.is_empty() {
                         prop_assert!(fresh.contains(&d.pool), "chose a saturated pool: {:?}", d);
                     }
                     if !is_grid {
-                        let tier = if fresh.is_empty() { &can_serve } else { &fresh };
+                        let tier = if fresh.is_empty() { &fit } else { &fresh };
                         let best = tier.iter().map(|&i| pools[i].priority).min().unwrap();
                         prop_assert_eq!(pools[d.pool].priority, best);
                     }

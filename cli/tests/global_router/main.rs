@@ -19,10 +19,18 @@ struct Stack {
 
 impl Stack {
     fn new(policy: &str) -> Stack {
+        Stack::with_pool_a(policy, "", &[])
+    }
+
+    /// Pool a's entry gets `a_facts` (YAML fields, e.g. `max_input_tokens: 512`) and its
+    /// mockers `a_mocker_args`.
+    fn with_pool_a(policy: &str, a_facts: &str, a_mocker_args: &[&str]) -> Stack {
         let mut mockers = Vec::new();
         let mut routers = Vec::new();
-        for _pool in 0..2 {
-            let pair: Vec<Process> = (0..2).map(|_| support::mocker(&["--block-size", "16", "--speedup-ratio", "10"])).collect();
+        for pool in 0..2 {
+            let extra = if pool == 0 { a_mocker_args } else { &[] };
+            let args = [&["--block-size", "16", "--speedup-ratio", "10"][..], extra].concat();
+            let pair: Vec<Process> = (0..2).map(|_| support::mocker(&args)).collect();
             let refs: Vec<&Process> = pair.iter().collect();
             routers.push(support::kv_router(&refs, &["--block-size", "16"]));
             mockers.extend(pair);
@@ -33,7 +41,7 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "http_port: 0\nhealth_interval_ms: 200\nprobe_timeout_ms: 200\nseed: 3\npools:\n  - {{name: a, routers: ['{}']}}\n  - {{name: b, routers: ['{}']}}\npolicy: {policy}\n",
+                "http_port: 0\nhealth_interval_ms: 200\nprobe_timeout_ms: 200\nseed: 3\npools:\n  - {{name: a, routers: ['{}'], {a_facts}}}\n  - {{name: b, routers: ['{}']}}\npolicy: {policy}\n",
                 routers[0].router_http(),
                 routers[1].router_http()
             ),
@@ -79,6 +87,36 @@ async fn a_prefix_served_by_pool_b_goes_to_pool_b_again() {
     assert!(reason.starts_with("kv_overlap"), "{reason}");
     let metrics = stack.client.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"kvroute_global_decisions_total{policy="kv_overlap",pool="b"}"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_prompt_too_long_for_pool_a_goes_to_pool_b_though_a_holds_its_prefix() {
+    // Pool a's engines take 1,024 tokens at most, output included (its entry says prompts of
+    // up to 1,023); b's take any.
+    let stack = Stack::with_pool_a("{type: kv_overlap, block_size: 16}", "max_input_tokens: 1023", &["--max-model-len", "1024"]);
+    let long: Vec<u32> = prompt(9).into_iter().chain(prompt(10).into_iter().take(64)).collect(); // 1,088 tokens
+    let head = &long[..512];
+    let r = stack.client.post(format!("{}/v1/completions", stack.routers[0].router_http())).json(&json!({"prompt": head, "max_tokens": 1})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.bytes().await.unwrap();
+    let indexed = support::eventually(Duration::from_secs(10), || async {
+        let v: Value = stack.client.post(format!("{}/best_worker", stack.routers[0].router_http())).json(&json!({"token_ids": head})).send().await.ok()?.json().await.ok()?;
+        (v["overlap_blocks"] == 32).then_some(())
+    })
+    .await;
+    assert!(indexed.is_some(), "pool a's router indexed the head");
+    // The head alone still goes to a (its cache); the long prompt starting with it, to b.
+    let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": head, "max_tokens": 1})).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["x-kvroute-pool"].to_str().unwrap()), (200, "a"));
+    r.bytes().await.unwrap();
+    for _ in 0..3 {
+        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": long, "max_tokens": 1})).send().await.unwrap();
+        let pool = r.headers().get("x-kvroute-pool").map(|v| v.to_str().unwrap().to_owned());
+        let reason = r.headers().get("x-kvroute-reason").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        assert_eq!((r.status().as_u16(), pool.as_deref()), (200, Some("b")), "{reason}: {}", r.text().await.unwrap());
+        assert!(reason.ends_with("skip=a:too_long"), "{reason}");
+        r.bytes().await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -2,11 +2,12 @@
 //!
 //! Always applied, in this order, each recording what it removed and why:
 //! [`model`] (the pool serves the request's model), [`health`] (never an unhealthy pool while
-//! another can serve), [`saturation`] (spill over a pool whose probe is over its limits). If
-//! model or health leaves nothing, the decision fails with every removal listed; saturation
-//! never empties the set. [`priority`] is not part of the chain: it holds the tiering and
+//! another can serve), [`context`] (a pool that cannot take a prompt this long), [`saturation`]
+//! (spill over a pool whose probe is over its limits). If model or health leaves nothing, the
+//! decision fails with every removal listed; context and saturation never empty the set. [`priority`] is not part of the chain: it holds the tiering and
 //! spill-over order that policies apply to the survivors.
 
+pub mod context;
 pub mod health;
 pub mod model;
 pub mod priority;
@@ -22,8 +23,9 @@ pub(crate) struct Filtered {
     pub removed: Vec<Removal>,
 }
 
-/// Runs model → health → saturation over all pools.
-pub(crate) fn apply(features: &RequestFeatures, views: &[PoolView<'_>]) -> Result<Filtered, SelectError> {
+/// Runs model → health → context → saturation over all pools; `input_tokens` is the prompt's
+/// length when known.
+pub(crate) fn apply(features: &RequestFeatures, input_tokens: Option<u64>, views: &[PoolView<'_>]) -> Result<Filtered, SelectError> {
     let mut eligible: Vec<usize> = (0..views.len()).collect();
     let mut removed = Vec::new();
     remove(&mut eligible, &mut removed, views, model::NAME, |v| model::rejects(features, v));
@@ -34,8 +36,13 @@ pub(crate) fn apply(features: &RequestFeatures, views: &[PoolView<'_>]) -> Resul
     if eligible.is_empty() {
         return Err(SelectError::NoEligiblePool { removed });
     }
-    let keep = saturation::survivors(views, &eligible);
-    for &i in eligible.iter().filter(|i| !keep.contains(i)) {
+    let fit = context::survivors(input_tokens, views, &eligible);
+    for &i in eligible.iter().filter(|i| !fit.contains(i)) {
+        let why = context::rejects(input_tokens, &views[i]).unwrap_or("prompt too long");
+        removed.push(Removal { pool: i, name: views[i].facts.name.clone(), filter: context::NAME, why });
+    }
+    let keep = saturation::survivors(views, &fit);
+    for &i in fit.iter().filter(|i| !keep.contains(i)) {
         let why = saturation::rejects(&views[i]).unwrap_or("saturated");
         removed.push(Removal { pool: i, name: views[i].facts.name.clone(), filter: saturation::NAME, why });
     }
@@ -69,9 +76,19 @@ mod tests {
         let pools = Pools::new(&["a", "b", "c", "d"]).model(0, "other").sick(1).limit_prefill(2, 10);
         let busy = probe(0, 100, 0);
         let probes = [None, None, Some(&busy), None];
-        let f = apply(&features(Some("m")), &pools.views(&probes)).unwrap();
+        let f = apply(&features(Some("m")), None, &pools.views(&probes)).unwrap();
         assert_eq!(f.eligible, vec![3]);
         let by: Vec<(&str, &str)> = f.removed.iter().map(|r| (r.name.as_str(), r.filter)).collect();
         assert_eq!(by, vec![("a", "model"), ("b", "health"), ("c", "saturation")]);
+        // d cannot take 500 tokens: c, saturated, is all that is left, and stays.
+        let pools = pools.max_input(3, 100);
+        let f = apply(&features(Some("m")), Some(500), &pools.views(&probes)).unwrap();
+        assert_eq!(f.eligible, vec![2]);
+        assert_eq!(f.removed.last().map(|r| (r.name.as_str(), r.filter)), Some(("d", "context")));
+        let pools = Pools::new(&["a", "b", "c"]).max_input(0, 100).limit_prefill(1, 10);
+        let f = apply(&features(None), Some(500), &pools.views(&[None, Some(&busy), None])).unwrap();
+        assert_eq!(f.eligible, vec![2]);
+        let by: Vec<(&str, &str)> = f.removed.iter().map(|r| (r.name.as_str(), r.filter)).collect();
+        assert_eq!(by, vec![("a", "context"), ("b", "saturation")]);
     }
 }
