@@ -114,9 +114,10 @@ IRRESISTIBLE = json.dumps({
 
 
 class Envoy:
-    """Envoy with the filter; `pools` = [(name, url, probed)]; the default route goes to the first."""
+    """Envoy with the filter; `pools` = [(name, url, probed)]; the default route goes to the first.
+    `pool_facts` replaces the filter's plain `pools` facts (e.g. to give one a context limit)."""
 
-    def __init__(self, tmp_path, pools, fallback=None, timeout_ms=300, **filter_settings):
+    def __init__(self, tmp_path, pools, fallback=None, timeout_ms=300, pool_facts=None, **filter_settings):
         cfg = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())
         cfg["admin"]["address"]["socket_address"]["port_value"] = 0
         listener = cfg["static_resources"]["listeners"][0]
@@ -145,7 +146,7 @@ class Envoy:
         wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
         filter_cfg = json.loads(wasm["configuration"]["value"])
         filter_cfg["groups"] = [{"pool": n, "cluster": f"group_{n}"} for n, _, probed in pools if probed]
-        filter_cfg["pools"] = [{"name": n} for n, _, _ in pools]
+        filter_cfg["pools"] = pool_facts or [{"name": n} for n, _, _ in pools]
         filter_cfg["probe_timeout_ms"] = timeout_ms
         filter_cfg.pop("fallback_pool", None)
         if fallback:
@@ -213,6 +214,20 @@ def test_a_prompt_cached_in_a_pool_is_routed_to_that_pool(envoy, pools, pool):
     assert int(headers["x-kvroute-overlap-blocks"]) > 0  # the pool's own router saw the hit
     assert json.loads(body)["usage"]["prompt_tokens_details"]["cached_tokens"] > 0  # the mocker served it from cache
     assert envoy.stat(f"wasmcustom.kvroute.decisions.{pool}") >= 1
+
+
+def test_a_prompt_longer_than_a_pools_context_goes_elsewhere_though_it_holds_the_prefix(pools, make_envoy):
+    head = unique_prompt(seed=77)
+    warm(pools["b"], head)
+    longer = head + unique_prompt(seed=78)  # 512 tokens; b takes 300 at most
+    facts = [{"name": "a"}, {"name": "b", "max_input_tokens": 300}]
+    envoy = make_envoy([("a", pools["a"], True), ("b", pools["b"], True)], pool_facts=facts)
+    status, headers, _ = http("POST", f"{envoy.url}/v1/completions", completion(head))
+    assert (status, headers["x-kvroute-pool"]) == (200, "b")  # the head alone fits: its cache wins
+    status, headers, body = http("POST", f"{envoy.url}/v1/completions", completion(longer))
+    assert status == 200, body
+    assert headers["x-kvroute-pool"] == "a"
+    assert headers["x-kvroute-reason"].endswith("skip=b:too_long"), headers["x-kvroute-reason"]
 
 
 def test_a_fresh_prompt_is_routed_and_served(envoy):
