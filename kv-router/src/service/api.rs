@@ -112,9 +112,8 @@ pub(crate) fn blocked(shared: &Shared, q: &RouteQuery, need: Need) -> Result<Blo
 /// or computes its blocks (and a little past), the tokens after that estimated from the bytes
 /// left at the bytes per token of the part tokenized last. Exact overlaps for every worker;
 /// the request that follows carries on tokenizing from where this stopped (the recent-text
-/// cache). A beginning
-/// shared with a recent text costs nothing to tokenize, so each round asks for `step` bytes
-/// past what the last one got, `step` doubling.
+/// cache). A beginning shared with a recent text costs nothing to tokenize, so each round
+/// asks for `step` bytes past what the last one got, `step` doubling.
 fn cached_prefix_blocked(shared: &Shared, text: &str, seed: HashSeed) -> Result<BlockedRequest, ApiError> {
     let block_size = shared.config.router.block_size;
     let (mut want, mut step) = (QUERY_FIRST_BYTES, QUERY_FIRST_BYTES);
@@ -131,7 +130,7 @@ fn cached_prefix_blocked(shared: &Shared, text: &str, seed: HashSeed) -> Result<
             Ok(request)
         };
         if beginning.bytes >= text.len() {
-            return done(BlockedRequest::from_tokens(&non_empty(beginning.ids.clone())?, block_size, seed));
+            return done(BlockedRequest::from_tokens(&non_empty(beginning.ids)?, block_size, seed));
         }
         // Bytes per token of the part this round added (the text nearest the rest): a long
         // document before a question tokenizes differently from the question.
