@@ -10,8 +10,10 @@
 //!   when no tokenizer is configured. It never fails but costs ~4× the tokens.
 //!
 //! A text that begins like an earlier one is tokenized from a checkpoint inside the shared
-//! part, reusing the earlier ids — exactly ([`Tokenizer::encode_after`]); [`RecentTexts`] keeps
-//! the recent prompts a service saw for that.
+//! part, reusing the earlier ids — exactly ([`Tokenizer::encode_after`]); a text's beginning
+//! can be tokenized alone, its ids exactly the whole text's first ones
+//! ([`Tokenizer::encode_beginning`]: what a query about a long prompt's cached prefix needs);
+//! [`RecentTexts`] keeps the recent prompts a service saw for both.
 //!
 //! Chat requests go through a Jinja chat template ([`chat`]) rendered as HF renders it, then
 //! [`Tokenizer::encode`]. The trade-off: loading a real model's tokenizer makes the block hashes
