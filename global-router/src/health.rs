@@ -16,12 +16,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let checks = shared.pools.iter().flat_map(|p| p.replicas.iter().map(move |r| (p, r))).map(|(pool, replica)| {
             let client = shared.http.clone();
             async move {
-                let ok = client
-                    .get(format!("{}/health", replica.url))
-                    .timeout(interval.min(std::time::Duration::from_secs(2)))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let answer = client.get(&format!("{}/health", replica.url), interval.min(std::time::Duration::from_secs(2))).await;
+                let ok = answer.is_ok_and(|(head, _)| head.status().is_success());
                 let was = replica.healthy.swap(ok, Ordering::Relaxed);
                 if was != ok {
                     if ok {

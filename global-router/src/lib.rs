@@ -11,13 +11,15 @@
 //! - [`config`]: the typed configuration (pools, their routers, the policy, timeouts);
 //! - `service`: the HTTP service and the phases above;
 //! - `health`: periodic health checks of every router replica;
-//! - `metrics`: decisions per pool and reason, probe latency and failures, retries.
+//! - `metrics`: decisions per pool and reason, probe latency and failures, retries;
+//! - `upstream`: the HTTP client to the routers (hyper, pooled).
 #![forbid(unsafe_code)]
 
 pub mod config;
 mod health;
 mod metrics;
 mod service;
+mod upstream;
 
 pub use config::{GlobalRouterConfig, PoolEntry};
 pub use service::{start, RunningGlobalRouter, StartError};

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
+use http_body_util::BodyExt;
 use kvroute_pool_select::{BestWorkerResponse, Decision, Policy, PoolState, RequestFeatures, Selector};
 use kvroute_protocol::openai::{ChatMessage, ErrorBody, Prompt};
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::config::GlobalRouterConfig;
 use crate::metrics::Metrics;
+use crate::upstream::{self, Upstream};
 
 /// Where a started global router listens.
 #[derive(Clone, Debug)]
@@ -94,7 +95,7 @@ pub(crate) struct Shared {
     pub config: GlobalRouterConfig,
     selector: Mutex<Selector<SmallRng>>,
     pub pools: Vec<PoolRuntime>,
-    pub http: reqwest::Client,
+    pub http: Upstream,
     pub metrics: Metrics,
     tokenizer: Arc<Tokenizer>,
     /// Recent prompts (for policies that need the input length): a conversation's next turn
@@ -127,7 +128,7 @@ pub async fn start(config: GlobalRouterConfig, tokenizer: Arc<Tokenizer>) -> Res
         needs_isl: matches!(config.policy, Policy::Grid(_)),
         selector: Mutex::new(selector),
         pools,
-        http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client builds"),
+        http: Upstream::new(),
         metrics: Metrics::new(),
         tokenizer,
         recent: RecentTexts::default(),
@@ -243,11 +244,8 @@ async fn probe(shared: &Shared, body: &Bytes) -> Vec<Option<BestWorkerResponse>>
         let replica = pool.replica();
         let started = Instant::now();
         let answer = async {
-            let r = shared.http.post(format!("{}/best_worker", replica.url)).header("content-type", "application/json").body(body.clone()).send().await.ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            r.json::<BestWorkerResponse>().await.ok()
+            let r = shared.http.post(&format!("{}/best_worker", replica.url), &[], body.clone()).await.ok()?;
+            upstream::json::<BestWorkerResponse>(r).await.ok()
         };
         let result = tokio::time::timeout(timeout, answer).await.ok().flatten();
         shared.metrics.probe_latency.observe(started.elapsed().as_secs_f64());
@@ -326,43 +324,45 @@ async fn forward(
 ) -> Result<Response, String> {
     let runtime = &shared.pools[pool];
     let replica = runtime.replica();
-    let mut request = shared.http.post(format!("{}{path}", replica.url)).header("content-type", "application/json").body(body.clone());
+    let mut headers = Vec::new();
     if let (true, Some(p), true) = (shared.config.forward_worker, probe, pool == decision.pool) {
-        request = request.header("x-worker-instance-id", p.worker_id.to_string()).header("x-dp-rank", p.dp_rank.to_string());
+        headers.push((HeaderName::from_static("x-worker-instance-id"), HeaderValue::from(p.worker_id)));
+        headers.push((HeaderName::from_static("x-dp-rank"), HeaderValue::from(p.dp_rank)));
     }
     if let Some(d) = &decision.disaggregated {
-        request = request.header("x-kvroute-prefill-pool", &d.prefill_pool_name).header("x-kvroute-decode-pool", &d.decode_pool_name);
+        for (name, pool_name) in [("x-kvroute-prefill-pool", &d.prefill_pool_name), ("x-kvroute-decode-pool", &d.decode_pool_name)] {
+            headers.push((HeaderName::from_static(name), HeaderValue::from_str(pool_name).map_err(|e| e.to_string())?));
+        }
     }
     runtime.in_flight.fetch_add(1, Ordering::Relaxed);
     let guard = InFlight { shared: shared.clone(), pool };
-    let upstream = match request.send().await {
+    let upstream = match shared.http.post(&format!("{}{path}", replica.url), &headers, body.clone()).await {
         Ok(r) => r,
         Err(e) => {
             replica.healthy.store(false, Ordering::Relaxed);
-            return Err(format!("{}: {e}", replica.url));
+            return Err(e);
         }
     };
     if upstream.status().is_server_error() {
         return Err(format!("{} answered {}", replica.url, upstream.status()));
     }
-    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let passed: Vec<(String, HeaderValue)> = upstream
-        .headers()
+    let (head, body) = upstream.into_parts();
+    let passed: Vec<(HeaderName, HeaderValue)> = head
+        .headers
         .iter()
         .filter(|(k, _)| k.as_str() == "content-type" || k.as_str().starts_with("x-kvroute-"))
-        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let stream = upstream.bytes_stream().map(move |chunk| {
-        let _ = &guard; // the guard lives as long as the body
-        chunk
+    // The guard lives as long as the body: the request counts against its pool until then.
+    let body = body.map_frame(move |frame| {
+        let _ = &guard;
+        frame
     });
-    let mut response = Response::new(Body::from_stream(stream));
-    *response.status_mut() = status;
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = head.status;
     let h = response.headers_mut();
-    for (k, v) in passed {
-        if let Ok(name) = axum::http::HeaderName::from_bytes(k.as_bytes()) {
-            h.insert(name, v);
-        }
+    for (name, value) in passed {
+        h.insert(name, value);
     }
     h.insert("x-kvroute-pool", HeaderValue::from_str(&runtime.name).map_err(|e| e.to_string())?);
     h.insert("x-kvroute-reason", HeaderValue::from_str(&decision.reason.summary).unwrap_or(HeaderValue::from_static("unprintable")));
@@ -378,8 +378,8 @@ async fn models(State(shared): State<Arc<Shared>>) -> Response {
     let mut data: Vec<Value> = Vec::new();
     for pool in shared.pools.iter().filter(|p| p.healthy()) {
         let url = format!("{}/v1/models", pool.replica().url);
-        let Ok(r) = shared.http.get(url).timeout(Duration::from_secs(2)).send().await else { continue };
-        let Ok(v) = r.json::<Value>().await else { continue };
+        let Ok((head, body)) = shared.http.get(&url, Duration::from_secs(2)).await else { continue };
+        let Some(v) = head.status().is_success().then(|| serde_json::from_slice::<Value>(&body).ok()).flatten() else { continue };
         for m in v["data"].as_array().into_iter().flatten() {
             if !data.iter().any(|d| d["id"] == m["id"]) {
                 data.push(m.clone());

@@ -1,0 +1,67 @@
+//! The global router's HTTP client to the pools' kv-routers: hyper's pooled HTTP/1 client,
+//! connections kept alive, Nagle off. Probes and forwards are each a loopback round trip on
+//! the request's critical path, so they go through hyper directly; a forwarded answer's body
+//! streams back as hyper gives it, frame by frame.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+/// Idle connections kept per router replica.
+const IDLE_PER_HOST: usize = 64;
+
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Upstream {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(IDLE_PER_HOST).build(connector);
+        Upstream { client }
+    }
+
+    /// POST a JSON `body` to `url` with `headers`; the answer's head once it arrives.
+    pub async fn post(&self, url: &str, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Result<Response<Incoming>, String> {
+        let mut request = Request::builder().method(Method::POST).uri(uri(url)?).header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| format!("{url}: {e}"))?;
+        self.client.request(request).await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// GET `url`, head and body, within `timeout`.
+    pub async fn get(&self, url: &str, timeout: Duration) -> Result<(Response<()>, Bytes), String> {
+        let request = Request::get(uri(url)?).body(Full::new(Bytes::new())).map_err(|e| format!("{url}: {e}"))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| format!("{url}: {e}"))?;
+            let (head, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+            Ok((Response::from_parts(head, ()), body))
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+    }
+}
+
+/// The JSON body of a successful answer.
+pub(crate) async fn json<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T, String> {
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+fn uri(url: &str) -> Result<Uri, String> {
+    url.parse().map_err(|e| format!("{url}: {e}"))
+}
