@@ -136,6 +136,23 @@ async fn with_pool_b_down_every_request_still_succeeds_on_pool_a() {
 }
 
 #[tokio::test]
+async fn a_streamed_answer_counts_against_its_pool_until_it_ends() {
+    let stack = Stack::new("{type: round_robin}");
+    let in_flight = || async {
+        let v: Value = stack.client.get(stack.url("/pools")).send().await.unwrap().json().await.unwrap();
+        v["pools"].as_array().unwrap().iter().map(|p| p["in_flight"].as_u64().unwrap()).sum::<u64>()
+    };
+    let body = json!({"prompt": prompt(40), "max_tokens": 300, "stream": true, "ignore_eos": true});
+    let r = stack.client.post(stack.url("/v1/completions")).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(in_flight().await, 1, "the answer is still streaming");
+    let text = r.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{}", &text[text.len().saturating_sub(200)..]);
+    let idle = support::eventually(Duration::from_secs(5), || async { (in_flight().await == 0).then_some(()) }).await;
+    assert!(idle.is_some(), "still counted after the stream ended");
+}
+
+#[tokio::test]
 async fn models_are_merged_and_bad_requests_are_refused() {
     let stack = Stack::new("{type: least_loaded}");
     let models: Value = stack.client.get(stack.url("/v1/models")).send().await.unwrap().json().await.unwrap();
