@@ -11,15 +11,13 @@
 //! - [`config`]: the typed configuration (pools, their routers, the policy, timeouts);
 //! - `service`: the HTTP service and the phases above;
 //! - `health`: periodic health checks of every router replica;
-//! - `metrics`: decisions per pool and reason, probe latency and failures, retries;
-//! - `upstream`: the HTTP client to the routers (hyper, pooled).
+//! - `metrics`: decisions per pool and reason, probe latency and failures, retries.
 #![forbid(unsafe_code)]
 
 pub mod config;
 mod health;
 mod metrics;
 mod service;
-mod upstream;
 
 pub use config::{GlobalRouterConfig, PoolEntry};
 pub use service::{start, RunningGlobalRouter, StartError};

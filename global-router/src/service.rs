@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::config::GlobalRouterConfig;
 use crate::metrics::Metrics;
-use crate::upstream::{self, Upstream};
+use kvroute_serve::Upstream;
 
 /// Where a started global router listens.
 #[derive(Clone, Debug)]
@@ -245,7 +245,7 @@ async fn probe(shared: &Shared, body: &Bytes) -> Vec<Option<BestWorkerResponse>>
         let started = Instant::now();
         let answer = async {
             let r = shared.http.post(&format!("{}/best_worker", replica.url), &[], body.clone()).await.ok()?;
-            upstream::json::<BestWorkerResponse>(r).await.ok()
+            kvroute_serve::json::<BestWorkerResponse>(r).await.ok()
         };
         let result = tokio::time::timeout(timeout, answer).await.ok().flatten();
         shared.metrics.probe_latency.observe(started.elapsed().as_secs_f64());

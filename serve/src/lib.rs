@@ -1,9 +1,15 @@
-//! How every kvroute HTTP service (mocker, kv-router, global router) serves its axum app, so
-//! they behave alike on the wire: the app runs on a listener the caller bound (so it can report
-//! an ephemeral port before serving), every accepted connection has Nagle's algorithm off (a
-//! streamed token is a small write that must not wait for the peer's delayed ACK: latency over
-//! bytes), and a server that stops is logged with the service's name.
+//! How every kvroute HTTP service (mocker, kv-router, global router) speaks HTTP, so they
+//! behave alike on the wire:
+//! - serving ([`spawn`]): the app runs on a listener the caller bound (so it can report an
+//!   ephemeral port before serving), every accepted connection has Nagle's algorithm off (a
+//!   streamed token is a small write that must not wait for the peer's delayed ACK: latency
+//!   over bytes), and a server that stops is logged with the service's name;
+//! - calling the next hop ([`Upstream`]): hyper's pooled client, likewise without Nagle.
 #![forbid(unsafe_code)]
+
+mod upstream;
+
+pub use upstream::{json, Upstream};
 
 use axum::serve::ListenerExt;
 use axum::Router;

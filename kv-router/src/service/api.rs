@@ -332,8 +332,8 @@ pub async fn models(State(shared): State<Arc<Shared>>) -> Response {
     let mut data: Vec<Value> = Vec::new();
     for w in shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)) {
         let url = format!("{}/v1/models", w.spec.url.trim_end_matches('/'));
-        let Ok(resp) = shared.http.get(url).timeout(std::time::Duration::from_secs(2)).send().await else { continue };
-        let Ok(v) = resp.json::<Value>().await else { continue };
+        let Ok((head, body)) = shared.http.get(&url, std::time::Duration::from_secs(2)).await else { continue };
+        let Some(v) = head.status().is_success().then(|| serde_json::from_slice::<Value>(&body).ok()).flatten() else { continue };
         for m in v["data"].as_array().into_iter().flatten() {
             if !data.iter().any(|d| d["id"] == m["id"]) {
                 data.push(m.clone());

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::stream::{self, StreamExt};
+use http_body_util::BodyExt;
 use kvroute_protocol::api::RouteQuery;
 use serde::Deserialize;
 use serde_json::Value;
@@ -111,14 +111,8 @@ async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'
         shared.metrics.record_decision(&routed);
         tracing::debug!(worker = %routed.worker, overlap = routed.overlap_blocks, blocks = routed.request_blocks, cost = routed.cost, "routed");
         let url = format!("{}{}", worker.spec.url.trim_end_matches('/'), path);
-        let sent = shared
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .header("X-Data-Parallel-Rank", routed.worker.dp_rank.to_string())
-            .body(forwarded.clone())
-            .send()
-            .await;
+        let rank = [(HeaderName::from_static("x-data-parallel-rank"), HeaderValue::from(routed.worker.dp_rank))];
+        let sent = shared.http.post(&url, &rank, forwarded.clone()).await;
         let upstream = match sent {
             Ok(u) => u,
             Err(e) => {
@@ -130,24 +124,24 @@ async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'
                 continue;
             }
         };
-        let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let content_type = upstream.headers().get("content-type").cloned();
-        let chunks = upstream.bytes_stream();
-        let body = stream::unfold((chunks, lifecycle), |(mut chunks, mut lifecycle)| async move {
-            match chunks.next().await {
-                Some(Ok(bytes)) => {
+        let (head, body) = upstream.into_parts();
+        let content_type = head.headers.get("content-type").cloned();
+        // The body owns the lifecycle: prefill complete at its first bytes, freed when it is
+        // dropped (ended, failed, or the client went away).
+        let mut lifecycle = lifecycle;
+        let body = body
+            .map_frame(move |frame| {
+                if frame.is_data() {
                     lifecycle.first_bytes();
-                    Some((Ok::<Bytes, reqwest::Error>(bytes), (chunks, lifecycle)))
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "upstream stream failed");
-                    Some((Err(e), (chunks, lifecycle)))
-                }
-                None => None, // lifecycle dropped here: freed
-            }
-        });
-        let mut response = Response::new(Body::from_stream(body));
-        *response.status_mut() = status;
+                frame
+            })
+            .map_err(|e| {
+                tracing::warn!(error = %e, "upstream stream failed");
+                e
+            });
+        let mut response = Response::new(Body::new(body));
+        *response.status_mut() = head.status;
         let h = response.headers_mut();
         if let Some(ct) = content_type {
             h.insert("content-type", ct);

@@ -18,9 +18,9 @@ pub async fn run(shared: Arc<Shared>) {
             let timeout = shared.config.health_interval.min(Duration::from_secs(2));
             let client = shared.http.clone();
             async move {
-                match client.get(url).timeout(timeout).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("health check answered {}", r.status())),
+                match client.get(&url, timeout).await {
+                    Ok((head, _)) if head.status().is_success() => Ok(()),
+                    Ok((head, _)) => Err(format!("health check answered {}", head.status())),
                     Err(e) => Err(format!("health check failed: {e}")),
                 }
             }

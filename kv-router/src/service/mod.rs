@@ -80,7 +80,7 @@ pub(crate) struct Shared {
     /// that begins like a recent one tokenizes only what is new.
     pub encoded: kvroute_tokenizer::RecentTexts,
     pub workers: Vec<WorkerRuntime>,
-    pub http: reqwest::Client,
+    pub http: kvroute_serve::Upstream,
     pub metrics: metrics::Metrics,
     next_request: AtomicU64,
 }
@@ -185,7 +185,7 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
         TcpListener::bind(config.http_addr).await.map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let shared = Arc::new(Shared {
-        http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client builds"),
+        http: kvroute_serve::Upstream::new(),
         router: Mutex::new(router),
         tokenizer,
         encoded: kvroute_tokenizer::RecentTexts::default(),

@@ -1,7 +1,8 @@
-//! The global router's HTTP client to the pools' kv-routers: hyper's pooled HTTP/1 client,
-//! connections kept alive, Nagle off. Probes and forwards are each a loopback round trip on
-//! the request's critical path, so they go through hyper directly; a forwarded answer's body
-//! streams back as hyper gives it, frame by frame.
+//! The client to the next hop (a router's to its workers, the global router's to the routers):
+//! hyper's pooled HTTP/1 client, connections kept alive, Nagle off. Every call is a round trip
+//! on a request's critical path, so it goes through hyper directly (reqwest's layers cost the
+//! global router ≈ 60 µs per request with probes); an answer's body streams back as hyper gives
+//! it, frame by frame.
 
 use std::time::Duration;
 
@@ -18,8 +19,14 @@ use serde::de::DeserializeOwned;
 const IDLE_PER_HOST: usize = 64;
 
 #[derive(Clone)]
-pub(crate) struct Upstream {
+pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Upstream {
@@ -54,7 +61,7 @@ impl Upstream {
 }
 
 /// The JSON body of a successful answer.
-pub(crate) async fn json<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T, String> {
+pub async fn json<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T, String> {
     if !response.status().is_success() {
         return Err(format!("answered {}", response.status()));
     }
