@@ -396,7 +396,7 @@ async fn pools_state(State(shared): State<Arc<Shared>>) -> Response {
         .zip(&shared.config.pools)
         .map(|(p, c)| {
             json!({
-                "name": p.name, "model": c.model, "priority": c.priority, "weight": c.weight,
+                "name": p.name, "model": c.model, "priority": c.priority, "weight": c.weight, "max_input_tokens": c.max_input_tokens,
                 "healthy": p.healthy(), "in_flight": p.in_flight.load(Ordering::Relaxed),
                 "routers": p.replicas.iter().map(|r| json!({"url": r.url, "healthy": r.healthy.load(Ordering::Relaxed)})).collect::<Vec<_>>(),
             })
