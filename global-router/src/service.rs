@@ -211,10 +211,9 @@ fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, R
 
 /// The body with its `kvroute` object removed.
 fn without_kvroute(body: &Bytes) -> Result<Bytes, GlobalError> {
-    let mut fields: serde_json::Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
-    fields.remove("kvroute");
-    Ok(Bytes::from(serde_json::to_vec(&fields).expect("a JSON map serializes")))
+    kvroute_protocol::api::without_fields(body, &["kvroute"])
+        .map(Bytes::from)
+        .map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))
 }
 
 /// The prompt's length in tokens, with the shared tokenizer (only policies that use it pay).

@@ -29,6 +29,17 @@ pub struct RouteQuery {
     pub cache_salt: Option<String>,
 }
 
+/// A JSON object body without `fields` (the routers' own, e.g. `router_config_override` and
+/// `kvroute`, which an engine must not see); everything else is kept. `Err` if the body is not
+/// a JSON object.
+pub fn without_fields(body: &[u8], fields: &[&str]) -> Result<Vec<u8>, serde_json::Error> {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
+    for field in fields {
+        object.remove(*field);
+    }
+    serde_json::to_vec(&object)
+}
+
 /// `POST /best_worker` answer: the worker and every figure pool selection needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BestWorkerResponse {
@@ -50,6 +61,14 @@ pub struct RequestIdBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_fields_takes_out_only_those_fields() {
+        let body = br#"{"model": "m", "prompt": [1, 2], "kvroute": {"priority": 3}, "router_config_override": {}, "max_tokens": 4}"#;
+        let kept: serde_json::Value = serde_json::from_slice(&without_fields(body, &["kvroute", "router_config_override"]).unwrap()).unwrap();
+        assert_eq!(kept, serde_json::json!({"model": "m", "prompt": [1, 2], "max_tokens": 4}));
+        assert!(without_fields(b"[1, 2]", &["kvroute"]).is_err());
+    }
 
     #[test]
     fn a_raw_openai_body_is_a_valid_query() {

@@ -279,3 +279,47 @@ async fn a_query_about_a_long_text_tokenizes_only_a_little_past_what_a_worker_ho
     served.bytes().await.unwrap();
     assert_eq!(stack.metric(r#"kvroute_router_prompt_tokenizations_total{how="resumed"}"#).await, resumed + 1.0);
 }
+
+/// A stand-in worker that records every completion body it is sent and answers a fixed one.
+async fn recording_worker() -> (String, std::sync::Arc<std::sync::Mutex<Vec<bytes::Bytes>>>) {
+    use axum::routing::{get, post};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route("/health", get(|| async { "ok" })).route(
+        "/v1/completions",
+        post(move |body: bytes::Bytes| async move {
+            record.lock().unwrap().push(body);
+            axum::Json(json!({"object": "text_completion", "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn the_worker_gets_the_body_as_sent_without_the_routers_own_fields() {
+    let (worker, seen) = recording_worker().await;
+    let router = support::spawn(&["kv-router", "--http-port", "0", "--block-size", "16", "--worker", &worker]);
+    let url = format!("{}/v1/completions", router.router_http());
+    let client = reqwest::Client::new();
+    // Without the router's fields: forwarded byte for byte.
+    let plain = r#"{"prompt": "route me", "max_tokens": 2, "extra": [1, {"x": "\u00e9"}]}"#;
+    let r = client.post(&url).header("content-type", "application/json").body(plain).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    r.bytes().await.unwrap();
+    // With them (one of them null): taken out, the rest kept.
+    let own = json!({"prompt": "route me", "max_tokens": 2, "router_config_override": {"router_temperature": 0.5}, "kvroute": null, "extra": [1]});
+    let r = client.post(&url).json(&own).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.bytes().await.unwrap();
+    // A bad override is refused before anything is sent.
+    let bad = json!({"prompt": "x", "router_config_override": {"router_temperature": -1}});
+    assert_eq!(client.post(&url).json(&bad).send().await.unwrap().status().as_u16(), 400);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(&seen[0][..], plain.as_bytes());
+    let second: Value = serde_json::from_slice(&seen[1]).unwrap();
+    assert_eq!(second, json!({"prompt": "route me", "max_tokens": 2, "extra": [1]}));
+}

@@ -13,11 +13,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use kvroute_protocol::api::RouteQuery;
+use kvroute_protocol::api::{without_fields, RouteQuery};
+use kvroute_protocol::openai::{ChatMessage, Prompt};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::api::{blocked_off_runtime, config_override, parse, Need};
+use super::api::{blocked_off_runtime, config_override, Need};
 use super::{error_response, ApiError, Shared};
 use crate::router::{Forced, ForcedWorker, RouteOptions};
 
@@ -66,33 +68,78 @@ fn forced_worker(headers: &HeaderMap) -> Result<Option<ForcedWorker>, ApiError> 
     Ok(Some(ForcedWorker { worker_id, dp_rank }))
 }
 
+/// The fields of a generate request the router reads, straight from the body (no JSON value of
+/// the whole body); everything else goes to the worker as received.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(default)]
+    prompt: Option<Prompt>,
+    #[serde(default)]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    lora_name: Option<String>,
+    #[serde(default)]
+    cache_salt: Option<String>,
+    /// The router's own fields, taken out before forwarding (even when `null`).
+    #[serde(default, borrow, deserialize_with = "present")]
+    router_config_override: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    kvroute: Option<&'a RawValue>,
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The router's own fields of a request body: the worker never sees them.
+const ROUTER_FIELDS: [&str; 2] = ["router_config_override", "kvroute"];
+
 async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'static str) -> Response {
-    let mut value: Value = match parse(&body, "request") {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let Some(fields) = value.as_object_mut() else {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return error_response(StatusCode::BAD_REQUEST, "the request body must be a JSON object");
-    };
-    let needed = if path == "/v1/completions" { "prompt" } else { "messages" };
-    if !fields.contains_key(needed) {
-        return error_response(StatusCode::BAD_REQUEST, format!("{needed} is required"));
     }
-    // The worker sees the request without the router's own fields.
-    let router_override = fields.remove("router_config_override");
-    let stripped = router_override.is_some() | fields.remove("kvroute").is_some();
-    let mut query = match RouteQuery::deserialize(&value) {
-        Ok(q) => q,
+    let peek: Peek = match serde_json::from_slice(&body) {
+        Ok(p) => p,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
     };
-    query.router_config_override = router_override;
-    query.token_ids = None; // generate scores what the worker will see: prompt or messages
+    let (needed, present) = match path {
+        "/v1/completions" => ("prompt", peek.prompt.is_some()),
+        _ => ("messages", peek.messages.is_some()),
+    };
+    if !present {
+        return error_response(StatusCode::BAD_REQUEST, format!("{needed} is required"));
+    }
+    let stripped = peek.router_config_override.is_some() || peek.kvroute.is_some();
+    let router_config_override = match peek.router_config_override.map(|raw| serde_json::from_str::<Value>(raw.get())) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, format!("invalid router_config_override: {e}")),
+    };
+    // generate scores what the worker will see: the prompt or the messages.
+    let query = RouteQuery {
+        prompt: peek.prompt,
+        messages: peek.messages,
+        model: peek.model,
+        lora_name: peek.lora_name,
+        cache_salt: peek.cache_salt,
+        router_config_override,
+        ..RouteQuery::default()
+    };
     let (request, o, forced) = match (blocked_off_runtime(&shared, &query, Need::All).await, config_override(&query), forced_worker(&headers)) {
         (Ok(r), Ok(o), Ok(f)) => (r, o, f),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
     };
-    // Re-encode only when a field was taken out; otherwise forward the bytes as received.
-    let forwarded = if stripped { Bytes::from(serde_json::to_vec(&value).expect("a JSON value serializes")) } else { body };
+    // Re-encode only when a field is to be taken out; otherwise forward the bytes as received.
+    let forwarded = match stripped {
+        false => body,
+        true => match without_fields(&body, &ROUTER_FIELDS) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+        },
+    };
 
     let attempts = shared.workers.len().clamp(1, 3);
     for attempt in 1..=attempts {
