@@ -165,10 +165,11 @@ fn at_most_one_space_ahead(rest: &str) -> bool {
 
 /// The ids of `text` up to about byte `limit` — exactly the whole text's first ids — reusing
 /// `earlier` (the tokenization of `earlier_text`, or of its beginning) up to its last
-/// checkpoint both texts share with `margin` bytes to spare, when given. Tokenizes from the reused part's end to `limit`
-/// and keeps the ids before the last checkpoint with `margin` bytes of text after it inside
-/// that span (see the module docs: the text past it cannot change them). When `limit` reaches
-/// the end, or no checkpoint qualifies, the whole text is tokenized (`ends_at` is `None`).
+/// checkpoint both texts share with `margin` bytes to spare, when given. Tokenizes from the
+/// reused part's end to `limit` and keeps the ids before the last checkpoint with `margin`
+/// bytes of text after it inside that span (see the module docs: the text past it cannot
+/// change them). When `limit` reaches the end, or no checkpoint qualifies, the whole text is
+/// tokenized (`ends_at` is `None`).
 pub(crate) fn encode_beginning(
     hf: &tokenizers::Tokenizer,
     margin: usize,
@@ -179,7 +180,8 @@ pub(crate) fn encode_beginning(
     if let Some((whole, _)) = earlier.filter(|(e, e_text)| e.ends_at.is_none() && *e_text == text) {
         return Ok(Tokenized { reused: whole.ids.len(), ..whole.clone() }); // the same text, all of it
     }
-    let (head_ids, head_checkpoints, from) = match earlier.and_then(|(e, e_text)| usable_prefix(margin, e, e_text, text)) {
+    let head = earlier.map(|(e, e_text)| (e, usable_checkpoints(margin, e, e_text, text))).filter(|&(_, usable)| usable > 0);
+    let (head_ids, head_checkpoints, from) = match head {
         Some((e, usable)) => (&e.ids[..e.checkpoints[usable - 1].token], &e.checkpoints[..usable], e.checkpoints[usable - 1]),
         None => (&[][..], &[][..], Checkpoint { token: 0, byte: 0 }),
     };
@@ -214,11 +216,14 @@ pub(crate) fn encode_beginning(
     Ok(Tokenized { ids, checkpoints, reused: from.token, ends_at: tail.ends_at })
 }
 
-/// `earlier` and how many of its checkpoints `text` can resume from (at least one), if any.
-fn usable_prefix<'e>(margin: usize, earlier: &'e Tokenized, earlier_text: &str, text: &str) -> Option<(&'e Tokenized, usize)> {
-    let shared = common_prefix_len(earlier_text.as_bytes(), text.as_bytes());
-    let usable = earlier.checkpoints.partition_point(|c| c.byte + margin <= shared);
-    (usable > 0).then_some((earlier, usable))
+/// How many of `earlier`'s checkpoints `text` can resume from. The texts are compared only as
+/// far as the last checkpoint needs (an earlier text's beginning may have ids for a few KB of a
+/// 220 KB text).
+fn usable_checkpoints(margin: usize, earlier: &Tokenized, earlier_text: &str, text: &str) -> usize {
+    let Some(last) = earlier.checkpoints.last() else { return 0 };
+    let needed = (last.byte + margin).min(earlier_text.len());
+    let shared = common_prefix_len(&earlier_text.as_bytes()[..needed], text.as_bytes());
+    earlier.checkpoints.partition_point(|c| c.byte + margin <= shared)
 }
 
 /// How many leading bytes `a` and `b` share (compared a block at a time): the most of a text's
