@@ -377,8 +377,7 @@ async fn models(State(shared): State<Arc<Shared>>) -> Response {
     let mut data: Vec<Value> = Vec::new();
     for pool in shared.pools.iter().filter(|p| p.healthy()) {
         let url = format!("{}/v1/models", pool.replica().url);
-        let Ok((head, body)) = shared.http.get(&url, Duration::from_secs(2)).await else { continue };
-        let Some(v) = head.status().is_success().then(|| serde_json::from_slice::<Value>(&body).ok()).flatten() else { continue };
+        let Ok(v) = shared.http.get_json::<Value>(&url, Duration::from_secs(2)).await else { continue };
         for m in v["data"].as_array().into_iter().flatten() {
             if !data.iter().any(|d| d["id"] == m["id"]) {
                 data.push(m.clone());

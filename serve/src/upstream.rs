@@ -58,6 +58,15 @@ impl Upstream {
         };
         tokio::time::timeout(timeout, exchange).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
     }
+
+    /// GET `url` within `timeout` and read a successful answer's JSON body.
+    pub async fn get_json<T: DeserializeOwned>(&self, url: &str, timeout: Duration) -> Result<T, String> {
+        let (head, body) = self.get(url, timeout).await?;
+        if !head.status().is_success() {
+            return Err(format!("{url}: answered {}", head.status()));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    }
 }
 
 /// The JSON body of a successful answer.
