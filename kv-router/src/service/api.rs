@@ -77,16 +77,7 @@ fn prompt_of<'q>(shared: &Shared, q: &'q RouteQuery) -> Result<PromptInput<'q>, 
     })
 }
 
-/// The request's tokens (all of them).
-fn tokens_of(shared: &Shared, q: &RouteQuery) -> Result<Vec<u32>, ApiError> {
-    let tokens = match prompt_of(shared, q)? {
-        PromptInput::Ids(ids) => ids.to_vec(),
-        PromptInput::Text(text) => tokenize(shared, &text).map_err(cannot_tokenize)?,
-    };
-    non_empty(tokens)
-}
-
-fn non_empty(tokens: Vec<u32>) -> Result<Vec<u32>, ApiError> {
+fn non_empty(tokens: &[u32]) -> Result<&[u32], ApiError> {
     match tokens.is_empty() {
         true => Err(ApiError::bad_request("the prompt is empty")),
         false => Ok(tokens),
@@ -100,12 +91,14 @@ fn cannot_tokenize(e: kvroute_tokenizer::TokenizerError) -> ApiError {
 pub(crate) fn blocked(shared: &Shared, q: &RouteQuery, need: Need) -> Result<BlockedRequest, ApiError> {
     let seed = HashSeed::for_request(q.lora_name.as_deref(), q.cache_salt.as_deref());
     let block_size = shared.config.router.block_size;
-    match (prompt_of(shared, q)?, need) {
-        (PromptInput::Text(text), Need::CachedPrefix) if text.len() >= 2 * QUERY_FIRST_BYTES && shared.tokenizer.resumes() => {
-            cached_prefix_blocked(shared, &text, seed)
+    let tokens = match prompt_of(shared, q)? {
+        PromptInput::Ids(ids) => return Ok(BlockedRequest::from_tokens(non_empty(ids)?, block_size, seed)),
+        PromptInput::Text(text) if need == Need::CachedPrefix && text.len() >= 2 * QUERY_FIRST_BYTES && shared.tokenizer.resumes() => {
+            return cached_prefix_blocked(shared, &text, seed);
         }
-        _ => Ok(BlockedRequest::from_tokens(&tokens_of(shared, q)?, block_size, seed)),
-    }
+        PromptInput::Text(text) => tokenize(shared, &text).map_err(cannot_tokenize)?,
+    };
+    Ok(BlockedRequest::from_tokens(non_empty(&tokens)?, block_size, seed))
 }
 
 /// A long text prompt for a query: its beginning tokenized only as far as some worker holds
@@ -130,7 +123,7 @@ fn cached_prefix_blocked(shared: &Shared, text: &str, seed: HashSeed) -> Result<
             Ok(request)
         };
         if beginning.bytes >= text.len() {
-            return done(BlockedRequest::from_tokens(&non_empty(beginning.ids)?, block_size, seed));
+            return done(BlockedRequest::from_tokens(non_empty(&beginning.ids)?, block_size, seed));
         }
         // Bytes per token of the part this round added (the text nearest the rest): a long
         // document before a question tokenizes differently from the question.
@@ -332,8 +325,7 @@ pub async fn models(State(shared): State<Arc<Shared>>) -> Response {
     let mut data: Vec<Value> = Vec::new();
     for w in shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)) {
         let url = format!("{}/v1/models", w.spec.url.trim_end_matches('/'));
-        let Ok((head, body)) = shared.http.get(&url, std::time::Duration::from_secs(2)).await else { continue };
-        let Some(v) = head.status().is_success().then(|| serde_json::from_slice::<Value>(&body).ok()).flatten() else { continue };
+        let Ok(v) = shared.http.get_json::<Value>(&url, std::time::Duration::from_secs(2)).await else { continue };
         for m in v["data"].as_array().into_iter().flatten() {
             if !data.iter().any(|d| d["id"] == m["id"]) {
                 data.push(m.clone());
