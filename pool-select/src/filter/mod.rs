@@ -37,16 +37,27 @@ pub(crate) fn apply(features: &RequestFeatures, input_tokens: Option<u64>, views
         return Err(SelectError::NoEligiblePool { removed });
     }
     let fit = context::survivors(input_tokens, views, &eligible);
-    for &i in eligible.iter().filter(|i| !fit.contains(i)) {
-        let why = context::rejects(input_tokens, &views[i]).unwrap_or("prompt too long");
-        removed.push(Removal { pool: i, name: views[i].facts.name.clone(), filter: context::NAME, why });
+    narrow(&mut eligible, fit, &mut removed, views, context::NAME, |v| context::rejects(input_tokens, v));
+    let fresh = saturation::survivors(views, &eligible);
+    narrow(&mut eligible, fresh, &mut removed, views, saturation::NAME, saturation::rejects);
+    Ok(Filtered { eligible, removed })
+}
+
+/// Narrows `eligible` to `kept` (what a filter that never empties the set keeps), recording
+/// every other pool with the reason `rejects` gives.
+fn narrow(
+    eligible: &mut Vec<usize>,
+    kept: Vec<usize>,
+    removed: &mut Vec<Removal>,
+    views: &[PoolView<'_>],
+    filter: &'static str,
+    rejects: impl Fn(&PoolView<'_>) -> Option<&'static str>,
+) {
+    for &i in eligible.iter().filter(|i| !kept.contains(i)) {
+        let why = rejects(&views[i]).unwrap_or(filter);
+        removed.push(Removal { pool: i, name: views[i].facts.name.clone(), filter, why });
     }
-    let keep = saturation::survivors(views, &fit);
-    for &i in fit.iter().filter(|i| !keep.contains(i)) {
-        let why = saturation::rejects(&views[i]).unwrap_or("saturated");
-        removed.push(Removal { pool: i, name: views[i].facts.name.clone(), filter: saturation::NAME, why });
-    }
-    Ok(Filtered { eligible: keep, removed })
+    *eligible = kept;
 }
 
 /// Drops from `eligible` every pool `rejects` names a reason for, recording it.
