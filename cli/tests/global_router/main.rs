@@ -51,6 +51,22 @@ impl Stack {
         Stack { _mockers: mockers, routers, global, client: reqwest::Client::new(), _dir: dir }
     }
 
+    /// Serve `prompt` on pool `pool`'s router directly and wait until that router has indexed
+    /// all its blocks (of 16).
+    async fn cache_in_pool(&self, pool: usize, prompt: &[u32]) {
+        let router = self.routers[pool].router_http();
+        let r = self.client.post(format!("{router}/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 1})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.bytes().await.unwrap();
+        let blocks = prompt.len() / 16;
+        let indexed = support::eventually(Duration::from_secs(10), || async {
+            let v: Value = self.client.post(format!("{router}/best_worker")).json(&json!({"token_ids": prompt})).send().await.ok()?.json().await.ok()?;
+            (v["overlap_blocks"] == blocks).then_some(())
+        })
+        .await;
+        assert!(indexed.is_some(), "pool {pool}'s router indexed the prompt's {blocks} blocks");
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.global.ready["global_router"]["http"].as_str().unwrap(), path)
     }
@@ -69,14 +85,7 @@ async fn a_prefix_served_by_pool_b_goes_to_pool_b_again() {
     let stack = Stack::new("{type: kv_overlap, block_size: 16}");
     let p = prompt(1);
     // Served by pool b directly, so b's workers cache it; wait until b's router knows it.
-    let r = stack.client.post(format!("{}/v1/completions", stack.routers[1].router_http())).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
-    r.bytes().await.unwrap();
-    let indexed = support::eventually(Duration::from_secs(10), || async {
-        let v: Value = stack.client.post(format!("{}/best_worker", stack.routers[1].router_http())).json(&json!({"token_ids": p})).send().await.ok()?.json().await.ok()?;
-        (v["overlap_blocks"] == 64).then_some(())
-    })
-    .await;
-    assert!(indexed.is_some(), "pool b's router indexed the prompt");
+    stack.cache_in_pool(1, &p).await;
     // One request through the global router: pool a has nothing cached, so b is cheaper.
     let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
     let pool = r.headers()["x-kvroute-pool"].to_str().unwrap().to_owned();
@@ -96,15 +105,7 @@ async fn a_prompt_too_long_for_pool_a_goes_to_pool_b_though_a_holds_its_prefix()
     let stack = Stack::with_pool_a("{type: kv_overlap, block_size: 16}", "max_input_tokens: 1023", &["--max-model-len", "1024"]);
     let long: Vec<u32> = prompt(9).into_iter().chain(prompt(10).into_iter().take(64)).collect(); // 1,088 tokens
     let head = &long[..512];
-    let r = stack.client.post(format!("{}/v1/completions", stack.routers[0].router_http())).json(&json!({"prompt": head, "max_tokens": 1})).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    r.bytes().await.unwrap();
-    let indexed = support::eventually(Duration::from_secs(10), || async {
-        let v: Value = stack.client.post(format!("{}/best_worker", stack.routers[0].router_http())).json(&json!({"token_ids": head})).send().await.ok()?.json().await.ok()?;
-        (v["overlap_blocks"] == 32).then_some(())
-    })
-    .await;
-    assert!(indexed.is_some(), "pool a's router indexed the head");
+    stack.cache_in_pool(0, head).await;
     // The head alone still goes to a (its cache); the long prompt starting with it, to b.
     let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": head, "max_tokens": 1})).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["x-kvroute-pool"].to_str().unwrap()), (200, "a"));
