@@ -36,6 +36,11 @@ async fn completion_reports_usage_and_reuse_makes_the_second_prompt_faster() {
     assert!(warm_latency + Duration::from_millis(40) < cold_latency, "cold {cold_latency:?} warm {warm_latency:?}");
     // Same request, same seed: same output.
     assert_eq!(warm["choices"][0]["text"], cold["choices"][0]["text"]);
+    // Each answer has its own id (unique across workers too: a random per-server part).
+    let ids = [cold["id"].as_str().unwrap(), warm["id"].as_str().unwrap()];
+    assert!(ids.iter().all(|id| id.starts_with("cmpl-") && id.len() == 5 + 32), "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(ids[0][..21], ids[1][..21], "one server: the same random part, then its counter");
 }
 
 #[tokio::test]
@@ -53,6 +58,8 @@ async fn chat_streams_sse_chunks_ending_with_done() {
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert_eq!(chunks.len(), 6, "5 tokens and a usage chunk");
     assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert!(chunks[0]["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]), "one id per stream");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(chunks[4]["choices"][0]["finish_reason"], "length");
     assert_eq!(chunks[5]["usage"]["completion_tokens"], 5);

@@ -106,6 +106,9 @@ struct AppState {
     ranks: Vec<RankHandle>,
     outstanding: Vec<AtomicUsize>,
     next_id: AtomicU64,
+    /// Random per server: response ids are this and the request counter, so ids from several
+    /// workers (or restarts) behind one router do not collide, as vLLM's random ones do not.
+    response_tag: u64,
     metrics: Metrics,
     /// What the engines may generate: ids that stream as readable text one at a time.
     output_ids: Arc<[u32]>,
@@ -154,6 +157,10 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
         tokenizer,
         ranks,
         next_id: AtomicU64::new(1),
+        response_tag: {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new().build_hasher().finish()
+        },
     });
     let app = Router::new()
         .route("/v1/completions", post(completions))

@@ -134,7 +134,7 @@ pub(super) async fn respond(
     state.metrics.prompt_tokens.with_label_values(&[&model]).inc_by(prompt_tokens as f64);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
-    let meta = Meta { id: format!("{prefix}-{id}"), created, model, prompt_tokens, endpoint, include_usage: sampling.include_usage() };
+    let meta = Meta { id: format!("{prefix}-{:016x}{id:016x}", state.response_tag), created, model, prompt_tokens, endpoint, include_usage: sampling.include_usage() };
     let progress = Progress { rx, in_flight, cached_tokens: 0, completion_tokens: 0 };
     if sampling.stream {
         Sse::new(sse_stream(state, meta, progress)).into_response()
