@@ -50,6 +50,5 @@ pub async fn run(args: GlobalRouterArgs) -> anyhow::Result<()> {
     let running = global::start(config.clone(), tokenizer).await.context("starting the global router")?;
     println!("{}", serde_json::json!({"global_router": {"http": format!("http://{}", running.http_addr)}}));
     tracing::info!(http = %running.http_addr, pools = config.pools.len(), policy = config.policy.name(), "global router listening");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    Ok(())
+    crate::serve_until_stopped("global router").await
 }

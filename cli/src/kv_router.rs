@@ -219,8 +219,7 @@ pub async fn run(args: KvRouterArgs) -> anyhow::Result<()> {
         temperature = config.router.router_temperature,
         "kv-router listening"
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    Ok(())
+    crate::serve_until_stopped("kv-router").await
 }
 
 #[cfg(test)]

@@ -11,12 +11,24 @@ mod replay;
 mod replay_live;
 mod up;
 
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Allocation-heavy paths (tokenizing long prompts, JSON, the replay's simulation) spend a third
 /// of their time in glibc's malloc; mimalloc is markedly faster there (see Cargo.toml).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How long a service told to stop (Ctrl-C, SIGTERM) keeps serving the requests in flight: within
+/// Kubernetes' default 30 s termination grace. A second signal stops it at once.
+const STOP_GRACE: Duration = Duration::from_secs(25);
+
+/// Serve until Ctrl-C or SIGTERM, then finish the requests in flight (see [`STOP_GRACE`]).
+async fn serve_until_stopped(service: &str) -> anyhow::Result<()> {
+    kvroute_serve::run_until_stopped(service, STOP_GRACE).await.context("listening for Ctrl-C and SIGTERM")
+}
 
 #[derive(Parser)]
 #[command(name = "kvroute", version, about = "KV-cache-aware request routing for LLM inference")]

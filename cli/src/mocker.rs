@@ -145,7 +145,5 @@ pub async fn run(args: MockerArgs) -> anyhow::Result<()> {
     for (rank, e) in running.kv_events.iter().enumerate() {
         tracing::info!(rank, events = %e.events, replay = %e.replay, "KV events");
     }
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    tracing::info!("mocker stopping");
-    Ok(())
+    crate::serve_until_stopped("mocker").await
 }

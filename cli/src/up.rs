@@ -285,12 +285,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let entry = global.as_str().or(report[0]["router"].as_str()).unwrap_or("");
     eprintln!("Try: curl -s {}/v1/completions -H 'content-type: application/json' -d '{{\"prompt\": \"Hello\", \"max_tokens\": 8}}'", entry);
-    eprintln!("Ctrl-C (or SIGTERM) stops everything.");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = terminate.recv() => {}
-    }
+    eprintln!("Ctrl-C (or SIGTERM) stops everything, after the requests in flight.");
+    crate::serve_until_stopped("kvroute up").await?;
     drop(envoy_child); // stops Envoy
     Ok(())
 }

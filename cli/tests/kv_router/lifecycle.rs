@@ -96,3 +96,28 @@ async fn a_restarted_worker_is_put_back_and_its_events_followed_again() {
     assert!(followed.is_some(), "the router follows the new process's events");
     assert_eq!(overlap(long_prompt(50)).await, Some(0), "nothing of the old process's cache is left");
 }
+
+#[tokio::test]
+async fn a_stopped_router_refuses_new_requests_and_finishes_the_streams_in_flight() {
+    let mut stack = Stack::new(1, &[]);
+    let max_tokens = 1500; // ≈ 1.5 s of decoding at the mocker's speed-up 10
+    let body = json!({"prompt": long_prompt(30), "max_tokens": max_tokens, "stream": true});
+    let r = stack.client.post(stack.url("/v1/completions")).json(&body).send().await.unwrap();
+    let mut stream = r.bytes_stream();
+    let mut text = String::from_utf8(stream.next().await.expect("a first chunk").unwrap().to_vec()).unwrap();
+
+    stack.router.signal("TERM");
+    let fresh = reqwest::Client::new();
+    let refused =
+        support::eventually(Duration::from_secs(5), || async { fresh.get(stack.url("/health")).send().await.is_err().then_some(()) }).await;
+    assert!(refused.is_some(), "a router told to stop still accepts connections");
+
+    while let Some(chunk) = stream.next().await {
+        text.push_str(std::str::from_utf8(&chunk.expect("the stream goes on after SIGTERM")).unwrap());
+    }
+    assert!(text.trim_end().ends_with("data: [DONE]"), "the stream was cut: …{}", &text[text.len().saturating_sub(200)..]);
+    let tokens = text.split("\n\n").filter(|e| e.starts_with("data: {")).count();
+    assert_eq!(tokens, max_tokens, "every token of the stream in flight arrived");
+    let status = stack.router.wait_exit(Duration::from_secs(10)).expect("the router exits once its last stream ends");
+    assert!(status.success(), "{status}");
+}

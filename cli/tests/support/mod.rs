@@ -23,6 +23,28 @@ impl Drop for Process {
     }
 }
 
+impl Process {
+    /// Send the process a signal by name (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Wait (at most `limit`) for the process to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// `kvroute <args>`, logging warnings and errors only.
 pub fn kvroute(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kvroute"));
