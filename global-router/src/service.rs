@@ -178,7 +178,7 @@ struct Peek<'a> {
 
 /// Phase 1, parse: the body to forward (without the `kvroute` object) and the request's features.
 fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, RequestFeatures), GlobalError> {
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !kvroute_protocol::api::is_json_object(body) {
         return Err(GlobalError::bad_request("the request body must be a JSON object"));
     }
     let peek: Peek = serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;

@@ -29,6 +29,12 @@ pub struct RouteQuery {
     pub cache_salt: Option<String>,
 }
 
+/// Whether `body` starts like a JSON object (its first non-blank byte is `{`): a request body
+/// the routers accept; parsing then says whether it is a valid one.
+pub fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// A JSON object body without `fields` (the routers' own, e.g. `router_config_override` and
 /// `kvroute`, which an engine must not see); everything else is kept. `Err` if the body is not
 /// a JSON object.
@@ -68,6 +74,12 @@ mod tests {
         let kept: serde_json::Value = serde_json::from_slice(&without_fields(body, &["kvroute", "router_config_override"]).unwrap()).unwrap();
         assert_eq!(kept, serde_json::json!({"model": "m", "prompt": [1, 2], "max_tokens": 4}));
         assert!(without_fields(b"[1, 2]", &["kvroute"]).is_err());
+    }
+
+    #[test]
+    fn a_json_object_body_is_told_by_its_first_non_blank_byte() {
+        assert!(is_json_object(b" \n {\"prompt\": 1}"));
+        assert!(!is_json_object(b"[1, 2]") && !is_json_object(b"  ") && !is_json_object(b"null"));
     }
 
     #[test]

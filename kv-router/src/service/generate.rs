@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use kvroute_protocol::api::{without_fields, RouteQuery};
+use kvroute_protocol::api::{is_json_object, without_fields, RouteQuery};
 use kvroute_protocol::openai::{ChatMessage, Prompt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -98,7 +98,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 const ROUTER_FIELDS: [&str; 2] = ["router_config_override", "kvroute"];
 
 async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'static str) -> Response {
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !is_json_object(&body) {
         return error_response(StatusCode::BAD_REQUEST, "the request body must be a JSON object");
     }
     let peek: Peek = match serde_json::from_slice(&body) {
