@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -374,17 +374,8 @@ async fn forward(
 
 /// The models of every healthy pool, merged by id.
 async fn models(State(shared): State<Arc<Shared>>) -> Response {
-    let mut data: Vec<Value> = Vec::new();
-    for pool in shared.pools.iter().filter(|p| p.healthy()) {
-        let url = format!("{}/v1/models", pool.replica().url);
-        let Ok(v) = shared.http.get_json::<Value>(&url, Duration::from_secs(2)).await else { continue };
-        for m in v["data"].as_array().into_iter().flatten() {
-            if !data.iter().any(|d| d["id"] == m["id"]) {
-                data.push(m.clone());
-            }
-        }
-    }
-    Json(json!({"object": "list", "data": data})).into_response()
+    let healthy = shared.pools.iter().filter(|p| p.healthy()).map(|p| p.replica().url.clone()).collect();
+    Json(shared.http.merged_models(healthy).await).into_response()
 }
 
 async fn pools_state(State(shared): State<Arc<Shared>>) -> Response {

@@ -14,9 +14,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 
 /// Idle connections kept per router replica.
 const IDLE_PER_HOST: usize = 64;
+/// How long one service may take to list its models.
+const MODELS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Upstream {
@@ -66,6 +69,23 @@ impl Upstream {
             return Err(format!("{url}: answered {}", head.status()));
         }
         serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// The models the services at `bases` serve, as one OpenAI `/v1/models` list: each one's
+    /// list (asked in turn, 2 s each; one that fails or answers garbage is skipped), a model
+    /// listed by several once.
+    pub async fn merged_models(&self, bases: Vec<String>) -> Value {
+        let mut data: Vec<Value> = Vec::new();
+        for base in bases {
+            let url = format!("{}/v1/models", base.trim_end_matches('/'));
+            let Ok(list) = self.get_json::<Value>(&url, MODELS_TIMEOUT).await else { continue };
+            for model in list["data"].as_array().into_iter().flatten() {
+                if !data.iter().any(|d| d["id"] == model["id"]) {
+                    data.push(model.clone());
+                }
+            }
+        }
+        json!({"object": "list", "data": data})
     }
 }
 

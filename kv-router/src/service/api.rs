@@ -322,17 +322,8 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
 
 /// The models of the healthy workers, merged by id.
 pub async fn models(State(shared): State<Arc<Shared>>) -> Response {
-    let mut data: Vec<Value> = Vec::new();
-    for w in shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)) {
-        let url = format!("{}/v1/models", w.spec.url.trim_end_matches('/'));
-        let Ok(v) = shared.http.get_json::<Value>(&url, std::time::Duration::from_secs(2)).await else { continue };
-        for m in v["data"].as_array().into_iter().flatten() {
-            if !data.iter().any(|d| d["id"] == m["id"]) {
-                data.push(m.clone());
-            }
-        }
-    }
-    Json(json!({"object": "list", "data": data})).into_response()
+    let healthy = shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)).map(|w| w.spec.url.clone()).collect();
+    Json(shared.http.merged_models(healthy).await).into_response()
 }
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
