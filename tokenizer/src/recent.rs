@@ -3,8 +3,7 @@
 //!   global router or the Envoy filter) and then the request itself — is tokenized once;
 //! - a text that **begins like a recent one** — the next turn of a conversation, another question
 //!   about the same document — reuses that one's ids for the shared beginning and tokenizes only
-//!   the rest ([`Tokenizer::encode_after`], exact), when the tokenizer allows it.
-//!
+//!   the rest ([`Tokenizer::encode_after`], exact), when the tokenizer allows it;
 //! - a **query** about a long text's cached prefix (a probe) can ask for the text's beginning
 //!   only ([`RecentTexts::encode_beginning`]): the ids stop at a safe point past the bytes asked
 //!   for, and the request that follows carries on from there.

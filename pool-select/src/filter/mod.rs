@@ -4,8 +4,9 @@
 //! [`model`] (the pool serves the request's model), [`health`] (never an unhealthy pool while
 //! another can serve), [`context`] (a pool that cannot take a prompt this long), [`saturation`]
 //! (spill over a pool whose probe is over its limits). If model or health leaves nothing, the
-//! decision fails with every removal listed; context and saturation never empty the set. [`priority`] is not part of the chain: it holds the tiering and
-//! spill-over order that policies apply to the survivors.
+//! decision fails with every removal listed; context and saturation never empty the set.
+//! [`priority`] is not part of the chain: it holds the tiering and spill-over order that
+//! policies apply to the survivors.
 
 pub mod context;
 pub mod health;
