@@ -6,6 +6,8 @@
 //! - [`load`]: active sequences per worker (prefill tokens, reference-counted blocks);
 //! - [`select`]: the cost function, temperature sampling and the router configuration;
 //! - [`router`]: [`router::KvRouter`], the three put together behind Dynamo's `KvRouter` API;
+//! - [`replicas`]: replica sync's messages and bookkeeping (the replicas of a router group
+//!   share the load each routed);
 //! - [`service`]: the HTTP service around it (the I/O edge: ZMQ event subscribers, health
 //!   checks, proxying `generate` to workers).
 //!
@@ -35,6 +37,7 @@
 
 pub mod index;
 pub mod load;
+pub mod replicas;
 pub mod router;
 pub mod select;
 pub mod service;

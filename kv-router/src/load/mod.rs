@@ -5,6 +5,11 @@
 //! by sequence hash so a prefix shared by several requests counts once (Dynamo's
 //! `ActiveSequences`). These blocks are predictions of what the worker will hold; they never
 //! enter the index, which only reflects the engine's own events.
+//!
+//! Requests routed by *other replicas* of the router group (learnt through replica sync, see
+//! [`crate::replicas`]) weigh on the workers exactly like this replica's own, but are kept
+//! apart, per replica: this replica's lifecycle calls never touch them, and a replica that
+//! leaves takes its requests with it ([`ActiveSequences::forget_replica`]).
 
 use kvroute_protocol::{SequenceHash, Worker};
 use rustc_hash::FxHashMap;
@@ -57,6 +62,8 @@ pub struct ActiveRequest {
 pub struct ActiveSequences {
     workers: FxHashMap<Worker, WorkerState>,
     requests: FxHashMap<String, ActiveRequest>,
+    /// Other replicas' requests: replica id → request id → request.
+    replicas: FxHashMap<String, FxHashMap<String, ActiveRequest>>,
 }
 
 impl ActiveSequences {
@@ -75,26 +82,15 @@ impl ActiveSequences {
         if self.requests.contains_key(request_id) {
             return Err(LoadError::DuplicateRequest(request_id.to_owned()));
         }
-        let state = self.workers.entry(worker).or_default();
-        state.prefill_tokens += prefill_tokens;
-        state.requests += 1;
-        state.prefilling += 1;
-        for &b in blocks {
-            *state.blocks.entry(b).or_insert(0) += 1;
-        }
-        self.requests
-            .insert(request_id.to_owned(), ActiveRequest { worker, prefill_tokens, prefilling: true, blocks: blocks.to_vec() });
+        let request = occupy(&mut self.workers, worker, prefill_tokens, blocks);
+        self.requests.insert(request_id.to_owned(), request);
         Ok(())
     }
 
     /// The request's prefill is done: its prompt tokens stop counting as prefill load.
     pub fn mark_prefill_complete(&mut self, request_id: &str) -> Result<(), LoadError> {
         let request = self.requests.get_mut(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
-        let state = self.workers.entry(request.worker).or_default();
-        state.prefill_tokens -= request.prefill_tokens;
-        state.prefilling -= u64::from(request.prefilling);
-        request.prefill_tokens = 0;
-        request.prefilling = false;
+        prefill_done(&mut self.workers, request);
         Ok(())
     }
 
@@ -107,10 +103,68 @@ impl ActiveSequences {
         Ok(request)
     }
 
-    /// Forget every request on every dp rank of `worker_id` (the worker left).
-    pub fn remove_worker(&mut self, worker_id: u64) {
+    /// Track a request another replica routed (its id is that replica's). A repeated id
+    /// replaces the earlier request.
+    pub fn add_replica_request(&mut self, replica: &str, request_id: &str, worker: Worker, prefill_tokens: u64, blocks: &[SequenceHash]) {
+        self.free_replica_request(replica, request_id);
+        let request = occupy(&mut self.workers, worker, prefill_tokens, blocks);
+        self.replicas.entry(replica.to_owned()).or_default().insert(request_id.to_owned(), request);
+    }
+
+    /// Another replica's request finished its prefill; false if it is not tracked.
+    pub fn replica_prefill_complete(&mut self, replica: &str, request_id: &str) -> bool {
+        match self.replicas.get_mut(replica).and_then(|r| r.get_mut(request_id)) {
+            Some(request) => {
+                prefill_done(&mut self.workers, request);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Another replica's request ended; false if it is not tracked.
+    pub fn free_replica_request(&mut self, replica: &str, request_id: &str) -> bool {
+        let Some(requests) = self.replicas.get_mut(replica) else { return false };
+        let Some(request) = requests.remove(request_id) else { return false };
+        if requests.is_empty() {
+            self.replicas.remove(replica);
+        }
+        if let Some(state) = self.workers.get_mut(&request.worker) {
+            release(state, &request);
+        }
+        true
+    }
+
+    /// Release every request of `replica` (it left, or its updates can no longer be trusted).
+    /// Returns how many there were.
+    pub fn forget_replica(&mut self, replica: &str) -> usize {
+        let Some(requests) = self.replicas.remove(replica) else { return 0 };
+        for request in requests.values() {
+            if let Some(state) = self.workers.get_mut(&request.worker) {
+                release(state, request);
+            }
+        }
+        requests.len()
+    }
+
+    /// Requests other replicas routed that are tracked here.
+    pub fn replica_request_count(&self) -> usize {
+        self.replicas.values().map(FxHashMap::len).sum()
+    }
+
+    /// Forget every request on every dp rank of `worker_id` (the worker left). Returns the ids
+    /// of this replica's requests that were dropped.
+    pub fn remove_worker(&mut self, worker_id: u64) -> Vec<String> {
         self.workers.retain(|w, _| w.worker_id != worker_id);
-        self.requests.retain(|_, r| r.worker.worker_id != worker_id);
+        let dropped: Vec<String> = self.requests.iter().filter(|(_, r)| r.worker.worker_id == worker_id).map(|(id, _)| id.clone()).collect();
+        for id in &dropped {
+            self.requests.remove(id);
+        }
+        for requests in self.replicas.values_mut() {
+            requests.retain(|_, r| r.worker.worker_id != worker_id);
+        }
+        self.replicas.retain(|_, requests| !requests.is_empty());
+        dropped
     }
 
     pub fn load(&self, worker: Worker) -> WorkerLoad {
@@ -137,6 +191,27 @@ impl ActiveSequences {
     pub fn request_count(&self) -> usize {
         self.requests.len()
     }
+}
+
+/// Count a new request against `worker`.
+fn occupy(workers: &mut FxHashMap<Worker, WorkerState>, worker: Worker, prefill_tokens: u64, blocks: &[SequenceHash]) -> ActiveRequest {
+    let state = workers.entry(worker).or_default();
+    state.prefill_tokens += prefill_tokens;
+    state.requests += 1;
+    state.prefilling += 1;
+    for &b in blocks {
+        *state.blocks.entry(b).or_insert(0) += 1;
+    }
+    ActiveRequest { worker, prefill_tokens, prefilling: true, blocks: blocks.to_vec() }
+}
+
+/// Stop counting a request's prompt as prefill load (idempotent).
+fn prefill_done(workers: &mut FxHashMap<Worker, WorkerState>, request: &mut ActiveRequest) {
+    let state = workers.entry(request.worker).or_default();
+    state.prefill_tokens -= request.prefill_tokens;
+    state.prefilling -= u64::from(request.prefilling);
+    request.prefill_tokens = 0;
+    request.prefilling = false;
 }
 
 fn release(state: &mut WorkerState, request: &ActiveRequest) {
@@ -218,10 +293,46 @@ mod tests {
         a.add_request("r1", W, 5, &hashes(&[1])).unwrap();
         a.add_request("r2", Worker::new(1, 1), 5, &hashes(&[1])).unwrap();
         a.add_request("r3", Worker::new(2, 0), 5, &hashes(&[1])).unwrap();
-        a.remove_worker(1);
+        let mut dropped = a.remove_worker(1);
+        dropped.sort();
+        assert_eq!(dropped, vec!["r1", "r2"]);
         assert_eq!(a.request_count(), 1);
         assert!(a.free("r1").is_err());
         assert_eq!(a.load(W), WorkerLoad::default());
+    }
+
+    #[test]
+    fn other_replicas_requests_weigh_alike_but_stay_theirs() {
+        let mut a = ActiveSequences::new();
+        a.add_request("r1", W, 100, &hashes(&[1, 2])).unwrap();
+        a.add_replica_request("B", "r1", W, 50, &hashes(&[1, 3]));
+        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 150, active_blocks: 3, active_requests: 2, prefilling_requests: 2 });
+        // Same id, other owner: this replica's calls reach only its own request.
+        a.free("r1").unwrap();
+        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 50, active_blocks: 2, active_requests: 1, prefilling_requests: 1 });
+        assert!(a.replica_prefill_complete("B", "r1"));
+        assert_eq!(a.load(W).active_prefill_tokens, 0);
+        assert!(!a.replica_prefill_complete("C", "r1"));
+        assert!(a.free_replica_request("B", "r1"));
+        assert!(!a.free_replica_request("B", "r1"));
+        assert_eq!(a.load(W), WorkerLoad::default());
+        assert_eq!(a.replica_request_count(), 0);
+    }
+
+    #[test]
+    fn forgetting_a_replica_releases_all_it_routed() {
+        let mut a = ActiveSequences::new();
+        a.add_replica_request("B", "x", W, 10, &hashes(&[1]));
+        a.add_replica_request("B", "y", Worker::new(2, 0), 20, &hashes(&[2]));
+        a.add_replica_request("B", "y", Worker::new(2, 0), 30, &hashes(&[2])); // repeated: replaces
+        a.add_replica_request("C", "z", W, 5, &hashes(&[1]));
+        assert_eq!(a.load(Worker::new(2, 0)).active_prefill_tokens, 30);
+        assert_eq!(a.forget_replica("B"), 2);
+        assert_eq!(a.load(Worker::new(2, 0)), WorkerLoad::default());
+        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1, prefilling_requests: 1 });
+        a.remove_worker(1);
+        assert_eq!(a.replica_request_count(), 0);
+        assert_eq!(a.forget_replica("C"), 0);
     }
 
     proptest! {

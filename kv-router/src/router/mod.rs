@@ -3,6 +3,10 @@
 //!
 //! Pure state, no I/O: the HTTP service and the event sources drive it. Randomness comes from
 //! the RNG it is built with, so a seeded router makes the same choices for the same inputs.
+//!
+//! With [`KvRouter::share_load`], every change to the requests it tracks is also written down
+//! as a [`LoadUpdate`] for the caller to send to the group's other replicas
+//! ([`crate::replicas`]); what they send comes back in through [`ReplicaLoads`].
 
 use kvroute_protocol::api::BestWorkerResponse;
 use kvroute_protocol::events::RouterEvent;
@@ -15,6 +19,7 @@ use thiserror::Error;
 
 use crate::index::{IndexError, KvIndex};
 use crate::load::{ActiveSequences, LoadError, WorkerLoad};
+use crate::replicas::{LoadUpdate, ReplicaLoads};
 use crate::select::{choose, costs, least_loaded, Candidate, CostModel, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
 
 /// A request cut into blocks: what every routing call needs.
@@ -138,6 +143,8 @@ pub struct KvRouter<R = SmallRng> {
     rng: R,
     /// Next turn in round-robin mode.
     turn: usize,
+    /// Changes to the tracked requests not yet taken by the caller (None: not sharing).
+    outbox: Option<Vec<LoadUpdate>>,
 }
 
 impl KvRouter<SmallRng> {
@@ -150,7 +157,7 @@ impl KvRouter<SmallRng> {
 impl<R: Rng> KvRouter<R> {
     pub fn with_rng(config: KvRouterConfig, rng: R) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(KvRouter { config, index: KvIndex::new(), active: ActiveSequences::new(), workers: Vec::new(), rng, turn: 0 })
+        Ok(KvRouter { config, index: KvIndex::new(), active: ActiveSequences::new(), workers: Vec::new(), rng, turn: 0, outbox: None })
     }
 
     pub fn config(&self) -> &KvRouterConfig {
@@ -169,7 +176,31 @@ impl<R: Rng> KvRouter<R> {
     pub fn remove_worker(&mut self, worker_id: u64) {
         self.workers.retain(|w| w.worker_id != worker_id);
         self.index.remove_worker(worker_id);
-        self.active.remove_worker(worker_id);
+        for request_id in self.active.remove_worker(worker_id) {
+            self.record(|| LoadUpdate::Freed { request_id });
+        }
+    }
+
+    /// From now on, write down every change to the tracked requests for the group's other
+    /// replicas ([`take_load_updates`](Self::take_load_updates)).
+    pub fn share_load(&mut self) {
+        self.outbox.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes written down since the last call (empty when not sharing).
+    pub fn take_load_updates(&mut self) -> Vec<LoadUpdate> {
+        self.outbox.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Requests other replicas routed that count here.
+    pub fn replica_request_count(&self) -> usize {
+        self.active.replica_request_count()
+    }
+
+    fn record(&mut self, update: impl FnOnce() -> LoadUpdate) {
+        if let Some(outbox) = &mut self.outbox {
+            outbox.push(update());
+        }
     }
 
     /// Selectable workers, sorted.
@@ -317,15 +348,50 @@ impl<R: Rng> KvRouter<R> {
         overlap_blocks: u32,
     ) -> Result<(), LoadError> {
         let cached = u64::from(overlap_blocks) * u64::from(self.config.block_size);
-        self.active.add_request(request_id, worker, request.isl_tokens.saturating_sub(cached), &request.sequence)
+        let prefill_tokens = request.isl_tokens.saturating_sub(cached);
+        self.active.add_request(request_id, worker, prefill_tokens, &request.sequence)?;
+        self.record(|| LoadUpdate::Routed {
+            request_id: request_id.to_owned(),
+            worker_id: worker.worker_id,
+            dp_rank: worker.dp_rank,
+            prefill_tokens,
+            blocks: request.sequence.iter().map(|h| h.0).collect(),
+        });
+        Ok(())
     }
 
     pub fn mark_prefill_complete(&mut self, request_id: &str) -> Result<(), LoadError> {
-        self.active.mark_prefill_complete(request_id)
+        self.active.mark_prefill_complete(request_id)?;
+        self.record(|| LoadUpdate::PrefillComplete { request_id: request_id.to_owned() });
+        Ok(())
     }
 
     pub fn free(&mut self, request_id: &str) -> Result<(), LoadError> {
-        self.active.free(request_id).map(|_| ())
+        self.active.free(request_id)?;
+        self.record(|| LoadUpdate::Freed { request_id: request_id.to_owned() });
+        Ok(())
+    }
+}
+
+/// Other replicas' requests count against the workers like this replica's own.
+impl<R> ReplicaLoads for KvRouter<R> {
+    fn apply_replica_update(&mut self, replica: &str, update: &LoadUpdate) {
+        match update {
+            LoadUpdate::Routed { request_id, worker_id, dp_rank, prefill_tokens, blocks } => {
+                let blocks: Vec<SequenceHash> = blocks.iter().map(|&h| SequenceHash(h)).collect();
+                self.active.add_replica_request(replica, request_id, Worker::new(*worker_id, *dp_rank), *prefill_tokens, &blocks);
+            }
+            LoadUpdate::PrefillComplete { request_id } => {
+                self.active.replica_prefill_complete(replica, request_id);
+            }
+            LoadUpdate::Freed { request_id } => {
+                self.active.free_replica_request(replica, request_id);
+            }
+        }
+    }
+
+    fn forget_replica(&mut self, replica: &str) -> usize {
+        self.active.forget_replica(replica)
     }
 }
 

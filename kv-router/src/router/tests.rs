@@ -216,3 +216,67 @@ fn baseline_modes_ignore_the_cache() {
     assert_eq!("least_loaded".parse::<RouterMode>(), Ok(RouterMode::LeastLoaded));
     assert!("fastest".parse::<RouterMode>().is_err());
 }
+
+/// Hand `from`'s recorded updates to `to` as the replica sync task would.
+fn deliver(from: &mut KvRouter, to: &mut KvRouter, peers: &mut crate::replicas::Peers, seq: &mut u64, now_ms: u64) {
+    let message = crate::replicas::ReplicaMessage { replica: "one".into(), seq: *seq, updates: from.take_load_updates() };
+    *seq += 1;
+    peers.receive(to, &message, now_ms);
+}
+
+#[test]
+fn replicas_that_share_load_do_not_both_pick_the_idle_worker() {
+    let (mut one, mut two) = (router(), router());
+    one.share_load();
+    let (mut peers, mut seq) = (crate::replicas::Peers::new(), 0);
+    // Replica one routes a long request, tracked, to the idle pair: it lands on A or B.
+    let long = BlockedRequest::from_tokens(&prompt(4000, 3), BS, HashSeed::default());
+    let first = one.best_worker(&long, RouteOptions { request_id: Some("r1"), ..RouteOptions::default() }).unwrap().worker;
+    deliver(&mut one, &mut two, &mut peers, &mut seq, 0);
+    assert_eq!(two.load(first).active_prefill_tokens, 4000, "replica two counts replica one's request");
+    assert_eq!(two.replica_request_count(), 1);
+    // Replica two, asked about a new request, sends it to the other worker every time.
+    let other = BlockedRequest::from_tokens(&prompt(400, 5), BS, HashSeed::default());
+    for _ in 0..20 {
+        assert_ne!(two.best_worker(&other, RouteOptions::default()).unwrap().worker, first);
+    }
+    // Replica two's own calls cannot free replica one's request ...
+    assert!(two.free("r1").is_err());
+    // ... replica one's lifecycle does, and the load is gone on both.
+    one.mark_prefill_complete("r1").unwrap();
+    one.free("r1").unwrap();
+    deliver(&mut one, &mut two, &mut peers, &mut seq, 10);
+    assert_eq!(two.load(first), WorkerLoad::default());
+    assert_eq!(two.replica_request_count(), 0);
+}
+
+#[test]
+fn load_updates_are_written_down_only_when_sharing_and_only_for_what_happened() {
+    let mut r = router();
+    let req = BlockedRequest::from_tokens(&prompt(16, 1), BS, HashSeed::default());
+    let quiet = r.best_worker(&req, RouteOptions { request_id: Some("quiet"), ..RouteOptions::default() }).unwrap().worker;
+    assert!(r.take_load_updates().is_empty(), "not sharing: nothing recorded");
+    r.share_load();
+    let w = r.best_worker(&req, RouteOptions { request_id: Some("r1"), ..RouteOptions::default() }).unwrap().worker;
+    r.best_worker(&req, RouteOptions::default()).unwrap(); // a query changes nothing
+    assert!(r.free("unknown").is_err());
+    r.mark_prefill_complete("r1").unwrap();
+    let updates = r.take_load_updates();
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    assert!(matches!(&updates[0], LoadUpdate::Routed { request_id, worker_id, prefill_tokens: 16, blocks, .. }
+        if request_id == "r1" && *worker_id == w.worker_id && blocks.len() == 4));
+    assert_eq!(updates[1], LoadUpdate::PrefillComplete { request_id: "r1".into() });
+    // A worker taken out drops its requests here: the other replicas are told they ended.
+    r.remove_worker(w.worker_id);
+    let mut ended: Vec<String> = r
+        .take_load_updates()
+        .into_iter()
+        .map(|u| match u {
+            LoadUpdate::Freed { request_id } => request_id,
+            other => panic!("expected only `freed`, got {other:?}"),
+        })
+        .collect();
+    ended.sort();
+    let expected: Vec<&str> = if quiet == w { vec!["quiet", "r1"] } else { vec!["r1"] };
+    assert_eq!(ended, expected);
+}

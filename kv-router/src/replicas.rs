@@ -1,0 +1,194 @@
+//! Replica sync: the replicas of one router group tell each other what they route, so that each
+//! counts the group's whole load on every worker, not only its own share, and two replicas do
+//! not both send a burst to the worker that each believes idle.
+//!
+//! Owns the wire form ([`ReplicaMessage`]: a sender, its sequence number and a batch of
+//! [`LoadUpdate`]s; JSON on the message bus) and the receiving side's bookkeeping ([`Peers`]):
+//! which replicas are alive, whether a message was lost, and when a silent replica's requests
+//! are released. Pure: the caller passes the time and owns the bus (`service::replica_sync`).
+//!
+//! What is shared is load only — the requests in flight. The index needs no sharing: every
+//! replica hears every worker's KV events itself.
+//!
+//! Failure handling, all on the receiving side:
+//! - a sender's messages are numbered; a gap (lost messages) or a restart (numbering starts
+//!   over) makes the receiver drop everything it held for that sender and start again from the
+//!   message at hand (a lost `freed` would otherwise leave load behind for ever);
+//! - every replica sends at least a heartbeat (an empty batch) each interval; one not heard
+//!   from for the expiry time is gone, and its requests are released;
+//! - updates about requests the receiver does not know (sent before it joined) are ignored.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+/// One change to the load a replica routed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LoadUpdate {
+    /// A request was routed to `(worker_id, dp_rank)`: `prefill_tokens` to compute there, and
+    /// the sequence hashes of its blocks.
+    Routed { request_id: String, worker_id: u64, dp_rank: u32, prefill_tokens: u64, blocks: Vec<u64> },
+    PrefillComplete { request_id: String },
+    Freed { request_id: String },
+}
+
+/// What one replica publishes: its updates since its last message, numbered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMessage {
+    /// The sender's replica id (unique within the group).
+    pub replica: String,
+    /// 0 for the sender's first message, then +1 per message.
+    pub seq: u64,
+    /// Empty: a heartbeat.
+    #[serde(default)]
+    pub updates: Vec<LoadUpdate>,
+}
+
+/// How a received message fitted the sender's sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Continuity {
+    /// The next message of a replica already heard.
+    InOrder,
+    /// The first message heard from this replica.
+    NewReplica,
+    /// Messages were lost or the replica restarted: what was held for it was dropped.
+    Resynced { dropped_requests: usize },
+}
+
+/// Where the receiving side applies updates (the router's active sequences).
+pub trait ReplicaLoads {
+    fn apply_replica_update(&mut self, replica: &str, update: &LoadUpdate);
+    /// Release everything held for `replica`; how many requests that was.
+    fn forget_replica(&mut self, replica: &str) -> usize;
+}
+
+struct Peer {
+    next_seq: u64,
+    last_heard_ms: u64,
+}
+
+/// The other replicas of the group, as heard on the bus.
+#[derive(Default)]
+pub struct Peers {
+    peers: FxHashMap<String, Peer>,
+}
+
+impl Peers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Apply a message another replica sent (at `now_ms`, any monotonic clock in ms).
+    pub fn receive(&mut self, loads: &mut impl ReplicaLoads, message: &ReplicaMessage, now_ms: u64) -> Continuity {
+        let continuity = match self.peers.get_mut(&message.replica) {
+            None => Continuity::NewReplica,
+            Some(peer) if peer.next_seq == message.seq => Continuity::InOrder,
+            Some(_) => Continuity::Resynced { dropped_requests: loads.forget_replica(&message.replica) },
+        };
+        self.peers.insert(message.replica.clone(), Peer { next_seq: message.seq + 1, last_heard_ms: now_ms });
+        for update in &message.updates {
+            loads.apply_replica_update(&message.replica, update);
+        }
+        continuity
+    }
+
+    /// Forget replicas not heard from since `now_ms - expiry_ms`, releasing their requests.
+    /// Returns each one gone with the number of requests released.
+    pub fn expire(&mut self, loads: &mut impl ReplicaLoads, now_ms: u64, expiry_ms: u64) -> Vec<(String, usize)> {
+        let gone: Vec<String> =
+            self.peers.iter().filter(|(_, p)| now_ms.saturating_sub(p.last_heard_ms) > expiry_ms).map(|(r, _)| r.clone()).collect();
+        gone.into_iter()
+            .map(|replica| {
+                self.peers.remove(&replica);
+                let released = loads.forget_replica(&replica);
+                (replica, released)
+            })
+            .collect()
+    }
+
+    /// Replicas currently heard from.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the receiver asked of the loads.
+    #[derive(Default)]
+    struct Log {
+        applied: Vec<(String, LoadUpdate)>,
+        forgotten: Vec<String>,
+    }
+
+    impl ReplicaLoads for Log {
+        fn apply_replica_update(&mut self, replica: &str, update: &LoadUpdate) {
+            self.applied.push((replica.to_owned(), update.clone()));
+        }
+        fn forget_replica(&mut self, replica: &str) -> usize {
+            self.forgotten.push(replica.to_owned());
+            7
+        }
+    }
+
+    fn message(replica: &str, seq: u64, updates: Vec<LoadUpdate>) -> ReplicaMessage {
+        ReplicaMessage { replica: replica.into(), seq, updates }
+    }
+
+    fn freed(id: &str) -> LoadUpdate {
+        LoadUpdate::Freed { request_id: id.into() }
+    }
+
+    #[test]
+    fn messages_in_order_apply_and_a_gap_drops_what_was_held_first() {
+        let (mut peers, mut log) = (Peers::new(), Log::default());
+        assert_eq!(peers.receive(&mut log, &message("a", 5, vec![freed("1")]), 0), Continuity::NewReplica);
+        assert_eq!(peers.receive(&mut log, &message("a", 6, vec![]), 10), Continuity::InOrder);
+        assert!(log.forgotten.is_empty());
+        // Message 7 was lost.
+        assert_eq!(peers.receive(&mut log, &message("a", 8, vec![freed("2")]), 20), Continuity::Resynced { dropped_requests: 7 });
+        assert_eq!(log.forgotten, vec!["a"]);
+        // The message at hand still applies, after the drop.
+        assert_eq!(log.applied, vec![("a".into(), freed("1")), ("a".into(), freed("2"))]);
+        // A restart (numbering from 0 again) is a discontinuity too.
+        assert_eq!(peers.receive(&mut log, &message("a", 0, vec![]), 30), Continuity::Resynced { dropped_requests: 7 });
+        assert_eq!(peers.len(), 1);
+    }
+
+    #[test]
+    fn a_silent_replica_expires_and_its_requests_are_released() {
+        let (mut peers, mut log) = (Peers::new(), Log::default());
+        peers.receive(&mut log, &message("a", 0, vec![]), 1_000);
+        peers.receive(&mut log, &message("b", 0, vec![]), 2_500);
+        assert!(peers.expire(&mut log, 4_000, 3_000).is_empty(), "both heard within 3 s");
+        assert_eq!(peers.expire(&mut log, 4_001, 3_000), vec![("a".to_owned(), 7)]);
+        assert_eq!(log.forgotten, vec!["a"]);
+        assert_eq!(peers.len(), 1);
+        // Heard again later: a new replica as far as the receiver knows.
+        assert_eq!(peers.receive(&mut log, &message("a", 3, vec![]), 5_000), Continuity::NewReplica);
+    }
+
+    #[test]
+    fn the_wire_form_is_tagged_json() {
+        let m = message(
+            "r1",
+            3,
+            vec![
+                LoadUpdate::Routed { request_id: "q".into(), worker_id: 9, dp_rank: 1, prefill_tokens: 64, blocks: vec![1, u64::MAX] },
+                LoadUpdate::PrefillComplete { request_id: "q".into() },
+            ],
+        );
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""op":"routed""#) && text.contains(r#""op":"prefill_complete""#), "{text}");
+        assert_eq!(serde_json::from_str::<ReplicaMessage>(&text).unwrap(), m);
+        let heartbeat: ReplicaMessage = serde_json::from_str(r#"{"replica":"r2","seq":0}"#).unwrap();
+        assert!(heartbeat.updates.is_empty());
+        assert!(serde_json::from_str::<ReplicaMessage>(r#"{"replica":"r2","seq":0,"updates":[{"op":"teleported"}]}"#).is_err());
+    }
+}
