@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use kvroute_kv_router::select::{CostModel, KvRouterConfig, RouterMode, StepTimeModel};
-use kvroute_kv_router::service::{self, ServiceConfig, WorkerSpec};
+use kvroute_kv_router::service::{self, ReplicaSyncConfig, ServiceConfig, WorkerSpec};
 use kvroute_tokenizer::{ChatTemplate, Tokenizer};
 use serde::Deserialize;
 
@@ -78,6 +78,22 @@ pub struct KvRouterArgs {
     /// Seed for tie-breaking and sampling (default: from the clock).
     #[arg(long, env = "KVROUTE_SEED")]
     seed: Option<u64>,
+    /// Share load with the other replicas of this router group through a NATS server
+    /// (nats://host:port): each replica counts the requests all of them routed, so they do not
+    /// all send to the worker each thinks idle. Default: off (each counts only its own).
+    #[arg(long, value_name = "NATS_URL", env = "KVROUTE_REPLICA_SYNC")]
+    replica_sync: Option<String>,
+    /// The router group's name, the same on all its replicas (replica sync's subject is
+    /// kvroute.load.<group>). Default: default.
+    #[arg(long, env = "KVROUTE_ROUTER_GROUP")]
+    router_group: Option<String>,
+    /// This replica's id within the group. Default: random at each start.
+    #[arg(long, env = "KVROUTE_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Milliseconds between replica sync heartbeats; a replica silent for three is taken to be
+    /// gone and its requests stop counting. Default: 1000.
+    #[arg(long, env = "KVROUTE_REPLICA_HEARTBEAT_MS")]
+    replica_heartbeat_ms: Option<u64>,
 }
 
 /// The config file's shape.
@@ -105,6 +121,11 @@ pub struct RouterFile {
     pub tokenizer: Option<PathBuf>,
     pub chat_template: Option<PathBuf>,
     pub seed: Option<u64>,
+    /// NATS URL: share load with the group's other replicas.
+    pub replica_sync: Option<String>,
+    pub router_group: Option<String>,
+    pub replica_id: Option<String>,
+    pub replica_heartbeat_ms: Option<u64>,
 }
 
 /// A Dynamo environment variable, parsed; an unparsable value is an error naming it.
@@ -184,6 +205,17 @@ impl KvRouterArgs {
         config.max_body_bytes = self.max_body_bytes.or(file.max_body_bytes).unwrap_or(config.max_body_bytes);
         config.kv_events_topic = self.kv_events_topic.clone().or(file.kv_events_topic.clone()).unwrap_or_default();
         config.seed = self.seed.or(file.seed);
+        if let Some(url) = self.replica_sync.clone().or(file.replica_sync.clone()) {
+            let group = self.router_group.clone().or(file.router_group.clone()).unwrap_or_else(|| "default".into());
+            let mut sync = ReplicaSyncConfig::new(url, group);
+            if let Some(id) = self.replica_id.clone().or(file.replica_id.clone()) {
+                sync.replica_id = id;
+            }
+            if let Some(ms) = self.replica_heartbeat_ms.or(file.replica_heartbeat_ms) {
+                sync.heartbeat = Duration::from_millis(ms);
+            }
+            config.replica_sync = Some(sync);
+        }
         config.validate_workers().map_err(|e| anyhow::anyhow!(e))?;
         let tokenizer = load_tokenizer(self.tokenizer.as_ref().or(file.tokenizer.as_ref()), self.chat_template.as_ref().or(file.chat_template.as_ref()))?;
         Ok((config, Arc::new(tokenizer)))

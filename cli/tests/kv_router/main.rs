@@ -8,5 +8,6 @@ mod http_events;
 mod lifecycle;
 mod replay;
 mod replay_live;
+mod replicas;
 mod routing;
 mod up;

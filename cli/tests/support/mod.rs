@@ -153,3 +153,51 @@ pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
     let sample = |n: &str| n == name || n.strip_prefix(name).is_some_and(|labels| labels.starts_with('{'));
     text.lines().filter_map(|l| l.rsplit_once(' ')).find(|(n, _)| sample(n)).and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0)
 }
+
+/// A `nats-server` on an ephemeral loopback port, killed on drop.
+pub struct NatsServer {
+    child: Child,
+    /// `nats://127.0.0.1:<port>`
+    pub url: String,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `nats-server` (`NATS_SERVER_BIN`, else on PATH or in /usr/sbin, where Debian puts it).
+/// None when it is not installed — unless `KVROUTE_REQUIRE_NATS` is set (the test script sets
+/// it after installing the server), then missing it is a failure.
+pub fn nats_server() -> Option<NatsServer> {
+    let candidates = std::env::var("NATS_SERVER_BIN").into_iter().chain(["nats-server".to_owned(), "/usr/sbin/nats-server".to_owned()]);
+    let binary = candidates.into_iter().find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let Some(binary) = binary else {
+        assert!(std::env::var_os("KVROUTE_REQUIRE_NATS").is_none(), "nats-server not found (set NATS_SERVER_BIN, or run ./scripts/test, which installs it)");
+        eprintln!("skipped: nats-server not found (./scripts/test installs it)");
+        return None;
+    };
+    // Port -1: the server picks a free one and logs it.
+    let mut child = Command::new(&binary)
+        .args(["-a", "127.0.0.1", "-p", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.split("Listening for client connections on ").nth(1) {
+                let _ = tx.send(at.trim().to_owned());
+            }
+        }
+    });
+    let Ok(address) = rx.recv_timeout(Duration::from_secs(10)) else {
+        let _ = child.kill();
+        panic!("nats-server did not report its client port within 10 s");
+    };
+    Some(NatsServer { child, url: format!("nats://{address}") })
+}

@@ -69,6 +69,60 @@ pub struct ServiceConfig {
     pub kv_events_topic: String,
     /// RNG seed for tie-breaking and sampling (None: from the clock).
     pub seed: Option<u64>,
+    /// Share load with the group's other replicas (None: this replica counts only its own).
+    pub replica_sync: Option<ReplicaSyncConfig>,
+}
+
+/// Replica sync: the replicas of one router group publish what they route on a NATS subject
+/// and count each other's requests (see `kvroute_kv_router::replicas`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaSyncConfig {
+    /// NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// The router group's name: the subject is `kvroute.load.<group>`.
+    pub group: String,
+    /// This replica's id, unique within the group.
+    pub replica_id: String,
+    /// How often a replica says it is alive (an empty message when it routed nothing).
+    pub heartbeat: Duration,
+}
+
+impl ReplicaSyncConfig {
+    /// Heartbeat every second; a random replica id.
+    pub fn new(nats_url: impl Into<String>, group: impl Into<String>) -> Self {
+        ReplicaSyncConfig {
+            nats_url: nats_url.into(),
+            group: group.into(),
+            replica_id: format!("{:016x}", rand::random::<u64>()),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+
+    pub fn subject(&self) -> String {
+        format!("kvroute.load.{}", self.group)
+    }
+
+    /// A replica not heard from for this long is gone: three heartbeats missed.
+    pub fn expiry(&self) -> Duration {
+        self.heartbeat * 3
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.nats_url.starts_with("nats://") {
+            return Err(format!("replica sync: the NATS URL must start with nats://, got {:?}", self.nats_url));
+        }
+        let token_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !self.group.split('.').all(token_ok) {
+            return Err(format!("replica sync: the router group must be letters, digits, '-', '_' (dot-separated), got {:?}", self.group));
+        }
+        if self.replica_id.is_empty() {
+            return Err("replica sync: the replica id must not be empty".into());
+        }
+        if self.heartbeat.is_zero() {
+            return Err("replica sync: the heartbeat interval must be > 0".into());
+        }
+        Ok(())
+    }
 }
 
 impl ServiceConfig {
@@ -81,11 +135,15 @@ impl ServiceConfig {
             health_interval: Duration::from_secs(2),
             kv_events_topic: String::new(),
             seed: None,
+            replica_sync: None,
         }
     }
 
-    /// Worker list problems, naming the entry.
+    /// Worker list problems, naming the entry (and replica sync settings).
     pub fn validate_workers(&self) -> Result<(), String> {
+        if let Some(sync) = &self.replica_sync {
+            sync.validate()?;
+        }
         let mut ids = std::collections::BTreeMap::new();
         for (i, w) in self.workers.iter().enumerate() {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
@@ -127,6 +185,18 @@ mod tests {
         assert_eq!(w.ranks(), 2);
         assert_eq!(w.replay_endpoint(1).as_deref(), Some("tcp://127.0.0.1:5560"));
         assert_eq!(w.replay_endpoint(2), None);
+    }
+
+    #[test]
+    fn replica_sync_settings_are_checked() {
+        let good = ReplicaSyncConfig::new("nats://127.0.0.1:4222", "chat.eu-1");
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(good.subject(), "kvroute.load.chat.eu-1");
+        assert_ne!(good.replica_id, ReplicaSyncConfig::new("nats://x:1", "g").replica_id, "ids are random");
+        assert!(ReplicaSyncConfig::new("http://127.0.0.1:4222", "chat").validate().unwrap_err().contains("nats://"));
+        for bad in ["", "a b", "a.*", "a..b", "x>"] {
+            assert!(ReplicaSyncConfig::new("nats://x:1", bad).validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

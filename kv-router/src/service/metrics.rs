@@ -1,5 +1,5 @@
 //! The router's Prometheus metrics: decisions, overlap, in-flight requests, KV events applied,
-//! rejected and lost, index size, worker health, how text prompts were tokenized.
+//! rejected and lost, index size, worker health, how text prompts were tokenized, replica sync.
 
 use kvroute_tokenizer::Tokenization;
 use prometheus::{CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder};
@@ -18,6 +18,9 @@ pub struct Metrics {
     pub event_gaps: CounterVec,
     pub event_resyncs: CounterVec,
     pub worker_healthy: GaugeVec,
+    pub replica_peers: Gauge,
+    pub replica_requests: Gauge,
+    pub replica_resyncs: IntCounter,
     index_blocks: Gauge,
     tokenizations: CounterVec,
     prompt_tokens: CounterVec,
@@ -49,6 +52,9 @@ impl Metrics {
             event_gaps: counter("kvroute_router_kv_event_gaps_total", "Sequence gaps seen on KV event streams.", &["worker"]),
             event_resyncs: counter("kvroute_router_kv_event_resyncs_total", "Gaps replay could not fill: the worker's entries were cleared.", &["worker"]),
             worker_healthy: register(&r, GaugeVec::new(Opts::new("kvroute_router_worker_healthy", "1 if the worker is in selection."), &["worker"]).expect("valid metric")),
+            replica_peers: register(&r, Gauge::new("kvroute_router_replica_peers", "Other replicas of the router group heard from (replica sync).").expect("valid metric")),
+            replica_requests: register(&r, Gauge::new("kvroute_router_replica_requests", "Requests other replicas routed that count in this replica's loads.").expect("valid metric")),
+            replica_resyncs: register(&r, IntCounter::new("kvroute_router_replica_resyncs_total", "Times another replica's messages were lost and its view started over.").expect("valid metric")),
             tokenizations: counter(
                 "kvroute_router_prompt_tokenizations_total",
                 "Text prompts turned into ids, by how: cached (the same text recently), resumed (a recent text's beginning reused), whole, beginning (a query's: only as far as a worker holds it).",

@@ -9,6 +9,7 @@
 //!   and release the request's load however it ends (a guard frees it on drop);
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
 //! - `health`: periodic health checks that take failing workers out and put them back;
+//! - `replica_sync`: the other replicas of the router group, over NATS (when configured);
 //! - `metrics`: Prometheus metrics.
 #![allow(clippy::disallowed_methods)] // the I/O edge may read clocks
 
@@ -19,9 +20,11 @@ mod events;
 mod generate;
 mod health;
 mod metrics;
+mod replica_sync;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::DefaultBodyLimit;
@@ -33,10 +36,11 @@ use kvroute_protocol::openai::ErrorBody;
 use kvroute_protocol::Worker;
 use kvroute_tokenizer::Tokenizer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-pub use config::{ServiceConfig, WorkerSpec};
+pub use config::{ReplicaSyncConfig, ServiceConfig, WorkerSpec};
 
+use crate::replicas::LoadUpdate;
 use crate::router::KvRouter;
 use crate::select::ConfigError;
 
@@ -83,12 +87,14 @@ pub(crate) struct Shared {
     pub http: kvroute_serve::Upstream,
     pub metrics: metrics::Metrics,
     next_request: AtomicU64,
+    /// Where the router's load updates go to be published to the other replicas.
+    load_updates: Option<mpsc::UnboundedSender<Vec<LoadUpdate>>>,
 }
 
 impl Shared {
     /// The router core. Held for microseconds; never across an await.
-    pub fn router(&self) -> MutexGuard<'_, KvRouter> {
-        self.router.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn router(&self) -> RouterGuard<'_> {
+        RouterGuard { router: self.router.lock().unwrap_or_else(|e| e.into_inner()), load_updates: self.load_updates.as_ref() }
     }
 
     pub fn worker(&self, worker_id: u64) -> Option<&WorkerRuntime> {
@@ -120,6 +126,38 @@ impl Shared {
             drop(router);
             w.reconnect.send_modify(|g| *g += 1);
             self.metrics.worker_healthy.with_label_values(&[&w.worker_id.to_string()]).set(1.0);
+        }
+    }
+}
+
+/// The locked router core. When replicas share load, what the holder changed leaves for the
+/// other replicas as the lock is released, in the order the changes were made.
+pub(crate) struct RouterGuard<'a> {
+    router: MutexGuard<'a, KvRouter>,
+    load_updates: Option<&'a mpsc::UnboundedSender<Vec<LoadUpdate>>>,
+}
+
+impl Deref for RouterGuard<'_> {
+    type Target = KvRouter;
+    fn deref(&self) -> &KvRouter {
+        &self.router
+    }
+}
+
+impl DerefMut for RouterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut KvRouter {
+        &mut self.router
+    }
+}
+
+impl Drop for RouterGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.load_updates {
+            let updates = self.router.take_load_updates();
+            if !updates.is_empty() {
+                // Closed only when the publisher is gone (shutting down): nothing to tell.
+                let _ = tx.send(updates);
+            }
         }
     }
 }
@@ -167,6 +205,14 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
     });
     let mut router = KvRouter::with_seed(config.router.clone(), seed)?;
     let metrics = metrics::Metrics::new();
+    let (load_updates, outgoing) = match &config.replica_sync {
+        Some(_) => {
+            router.share_load();
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let workers: Vec<WorkerRuntime> = config
         .workers
         .iter()
@@ -192,8 +238,12 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
         workers,
         metrics,
         next_request: AtomicU64::new(1),
+        load_updates,
         config,
     });
+    if let Some(outgoing) = outgoing {
+        tokio::spawn(replica_sync::run(shared.clone(), outgoing));
+    }
     for (i, w) in shared.workers.iter().enumerate() {
         for rank in 0..w.ranks {
             if let Some(endpoint) = w.spec.kv_events.get(rank as usize) {

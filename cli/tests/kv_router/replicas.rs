@@ -1,0 +1,71 @@
+//! Replica sync: two kv-router replicas of one group share their load through a real
+//! nats-server, so neither sends new work to the worker the other just loaded; a replica that
+//! dies stops counting.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, Process};
+
+/// Active prefill tokens on `worker_id` as `router` sees them.
+async fn prefill_on(client: &reqwest::Client, router: &Process, worker_id: u64) -> u64 {
+    let w: Value = client.get(format!("{}/workers", router.router_http())).send().await.unwrap().json().await.unwrap();
+    let worker = w["workers"].as_array().unwrap().iter().find(|w| w["worker_id"].as_u64() == Some(worker_id)).expect("worker listed");
+    worker["ranks"][0]["load"]["active_prefill_tokens"].as_u64().unwrap()
+}
+
+async fn wait_prefill_on(client: &reqwest::Client, router: &Process, worker_id: u64, tokens: u64, what: &str) {
+    let seen = support::eventually(Duration::from_secs(10), || async { (prefill_on(client, router, worker_id).await == tokens).then_some(()) }).await;
+    assert!(seen.is_some(), "{what}: worker {worker_id} never showed {tokens} prefill tokens (now {})", prefill_on(client, router, worker_id).await);
+}
+
+#[tokio::test]
+async fn replicas_share_load_through_nats_and_forget_a_replica_that_died() {
+    let Some(nats) = support::nats_server() else { return };
+    let mockers: Vec<Process> = (0..2).map(|_| support::mocker(&["--block-size", "16"])).collect();
+    let refs: Vec<&Process> = mockers.iter().collect();
+    let replica = |id: &str| {
+        support::kv_router(
+            &refs,
+            &["--block-size", "16", "--replica-sync", &nats.url, "--router-group", "chat", "--replica-id", id, "--replica-heartbeat-ms", "200"],
+        )
+    };
+    let (mut one, two) = (replica("one"), replica("two"));
+    let client = reqwest::Client::new();
+    for r in [&one, &two] {
+        let joined = support::eventually(Duration::from_secs(10), || async {
+            (support::metric(&client, &r.router_http(), "kvroute_router_replica_peers").await == 1.0).then_some(())
+        })
+        .await;
+        assert!(joined.is_some(), "the replicas never heard each other");
+    }
+
+    // Replica one routes a long request (tracked): replica two counts it on the same worker.
+    let long: Vec<u32> = (0..2048).map(|i| i % 3000 + 5).collect();
+    let routed = support::post_json(&client, &format!("{}/best_worker", one.router_http()), &json!({"token_ids": long, "request_id": "r1"})).await;
+    let loaded = routed["worker_id"].as_u64().expect("a worker");
+    wait_prefill_on(&client, &two, loaded, 2048, "replica two").await;
+
+    // Asked about other work, replica two keeps away from the worker replica one loaded.
+    for salt in 0..10u32 {
+        let short: Vec<u32> = (0..64).map(|i| i * 13 + salt * 101 + 7).collect();
+        let answer = support::post_json(&client, &format!("{}/best_worker", two.router_http()), &json!({"token_ids": short})).await;
+        assert_ne!(answer["worker_id"].as_u64(), Some(loaded), "replica two chose the worker replica one loaded: {answer}");
+    }
+
+    // Replica two cannot free replica one's request; replica one's free reaches replica two.
+    let r = client.post(format!("{}/free", two.router_http())).json(&json!({"request_id": "r1"})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    support::post_json(&client, &format!("{}/free", one.router_http()), &json!({"request_id": "r1"})).await;
+    wait_prefill_on(&client, &two, loaded, 0, "after the free").await;
+
+    // A replica that dies with a request in flight: the others stop counting it after three
+    // missed heartbeats.
+    let routed = support::post_json(&client, &format!("{}/best_worker", one.router_http()), &json!({"token_ids": long, "request_id": "r2"})).await;
+    let loaded = routed["worker_id"].as_u64().expect("a worker");
+    wait_prefill_on(&client, &two, loaded, 2048, "replica two, second request").await;
+    one.kill();
+    wait_prefill_on(&client, &two, loaded, 0, "after replica one died").await;
+    assert_eq!(support::metric(&client, &two.router_http(), "kvroute_router_replica_peers").await, 0.0);
+}
