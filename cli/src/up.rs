@@ -1,5 +1,6 @@
 //! `kvroute up <stack.yaml>`: a whole stack in one process — per pool, N mocker workers and the
-//! pool's kv-router — started from one YAML file, with where each part listens printed.
+//! pool's kv-router (or several replicas of it, sharing load through NATS) — started from one
+//! YAML file, with where each part listens printed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use kvroute_kv_router::select::{CostModel, KvRouterConfig, RouterMode};
-use kvroute_kv_router::service::{self, ServiceConfig, WorkerSpec};
+use kvroute_kv_router::service::{self, ReplicaSyncConfig, ServiceConfig, WorkerSpec};
 use kvroute_mocker::server::{self as mocker, KvEventsConfig, ServerConfig};
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
@@ -54,6 +55,9 @@ struct StackFile {
     tokenizer: Option<PathBuf>,
     chat_template: Option<PathBuf>,
     pools: Vec<PoolFile>,
+    /// A NATS server (`nats://host:port`) through which the replicas of each pool's router
+    /// group share load (needed when a pool has `router_replicas` > 1).
+    replica_sync: Option<String>,
     /// A global router in front of the pools' routers (optional).
     global_router: Option<GlobalSection>,
     /// An Envoy with the kvroute filter in front of the pools' routers (optional; needs the
@@ -98,6 +102,9 @@ struct PoolFile {
     weight: f64,
     #[serde(default)]
     router_port: u16,
+    /// kv-router replicas of the pool (the router group), on `router_port`, `router_port + 1`, …
+    #[serde(default = "one")]
+    router_replicas: u32,
     #[serde(default = "one")]
     data_parallel_size: u32,
     #[serde(default)]
@@ -142,8 +149,24 @@ fn load(path: &PathBuf) -> anyhow::Result<StackFile> {
         if p.data_parallel_size == 0 {
             bail!("{}: pools[{i}].data_parallel_size must be > 0", path.display());
         }
+        if p.router_replicas == 0 {
+            bail!("{}: pools[{i}].router_replicas must be > 0", path.display());
+        }
+        if p.router_replicas > 1 && stack.replica_sync.is_none() {
+            eprintln!(
+                "{}: pool {} has {} router replicas but no `replica_sync` NATS server: each replica will count only the load it routed",
+                path.display(),
+                p.name,
+                p.router_replicas
+            );
+        }
     }
     Ok(stack)
+}
+
+/// A pool name as one NATS subject token (the router group's name).
+fn subject_token(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -187,20 +210,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             worker_report.push(json!({"http": url, "kv_events": running.kv_events.iter().map(|e| &e.events).collect::<Vec<_>>()}));
         }
         let d = KvRouterConfig::default();
-        let mut config = ServiceConfig::new(SocketAddr::new(stack.host, pool.router_port), workers);
-        config.router = KvRouterConfig {
-            block_size: stack.block_size,
-            router_mode: pool.router.router_mode.unwrap_or_default(),
-            router_temperature: pool.router.router_temperature.unwrap_or(d.router_temperature),
-            overlap_score_weight: pool.router.kv_overlap_score_weight.unwrap_or(d.overlap_score_weight),
-            overlap_score_credit: pool.router.overlap_score_credit.unwrap_or(d.overlap_score_credit),
-            cost_model: pool.router.cost_model.unwrap_or(d.cost_model),
-            duplicate_cost: pool.router.duplicate_cost.unwrap_or(d.duplicate_cost),
-            ..d
-        };
-        config.seed = pool.router.seed;
-        let router = service::start(config, tokenizer.clone()).await.with_context(|| format!("starting the kv-router of pool {}", pool.name))?;
-        report.push(json!({"name": pool.name, "router": format!("http://{}", router.http_addr), "workers": worker_report}));
+        let mut routers = Vec::new();
+        for replica in 0..pool.router_replicas {
+            let port = if pool.router_port == 0 { 0 } else { pool.router_port.checked_add(replica as u16).context("router port out of range")? };
+            let mut config = ServiceConfig::new(SocketAddr::new(stack.host, port), workers.clone());
+            config.router = KvRouterConfig {
+                block_size: stack.block_size,
+                router_mode: pool.router.router_mode.unwrap_or_default(),
+                router_temperature: pool.router.router_temperature.unwrap_or(d.router_temperature),
+                overlap_score_weight: pool.router.kv_overlap_score_weight.unwrap_or(d.overlap_score_weight),
+                overlap_score_credit: pool.router.overlap_score_credit.unwrap_or(d.overlap_score_credit),
+                cost_model: pool.router.cost_model.unwrap_or(d.cost_model),
+                duplicate_cost: pool.router.duplicate_cost.unwrap_or(d.duplicate_cost),
+                ..d
+            };
+            config.seed = pool.router.seed;
+            if let (Some(url), true) = (&stack.replica_sync, pool.router_replicas > 1) {
+                let mut sync = ReplicaSyncConfig::new(url.clone(), subject_token(&pool.name));
+                sync.replica_id = format!("{}-{replica}", subject_token(&pool.name));
+                config.replica_sync = Some(sync);
+            }
+            let router = service::start(config, tokenizer.clone()).await.with_context(|| format!("starting a kv-router of pool {}", pool.name))?;
+            routers.push(format!("http://{}", router.http_addr));
+        }
+        report.push(json!({"name": pool.name, "router": routers[0], "routers": routers, "workers": worker_report}));
     }
     let mut global = Value::Null;
     if let Some(g) = &stack.global_router {
@@ -214,7 +247,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .zip(&max_input_tokens)
                 .map(|((p, r), &max_input)| PoolEntry {
                     name: p.name.clone(),
-                    routers: vec![r["router"].as_str().unwrap_or_default().to_owned()],
+                    routers: r["routers"].as_array().into_iter().flatten().filter_map(|u| u.as_str().map(String::from)).collect(),
                     model: p.model.clone(),
                     priority: p.priority,
                     weight: p.weight,
@@ -272,7 +305,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("{}", json!({"up": {"pools": report, "global_router": global, "envoy": envoy_url}}));
     eprintln!("kvroute up: {} pool(s), model {:?}, block size {}", report.len(), stack.model, stack.block_size);
     for pool in &report {
-        eprintln!("  pool {:<14} kv-router {}", pool["name"].as_str().unwrap_or(""), pool["router"].as_str().unwrap_or(""));
+        let routers: Vec<&str> = pool["routers"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        eprintln!("  pool {:<14} kv-router {}", pool["name"].as_str().unwrap_or(""), routers.join(", "));
         for (i, w) in pool["workers"].as_array().into_iter().flatten().enumerate() {
             eprintln!("    worker {i}  {}  kv events {}", w["http"].as_str().unwrap_or(""), w["kv_events"]);
         }
