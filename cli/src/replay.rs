@@ -43,6 +43,13 @@ pub struct ReplayArgs {
     /// Softmax temperature over worker costs; 0 picks the cheapest.
     #[arg(long, default_value_t = 0.0)]
     router_temperature: f64,
+    /// Router replicas in front of the workers (a router group), requests dealt to them in
+    /// turn; each hears every KV event.
+    #[arg(long, default_value_t = 1)]
+    router_replicas: usize,
+    /// With several replicas: each counts only the requests it routed (no replica sync).
+    #[arg(long)]
+    no_replica_sync: bool,
     /// Tokens per KV block (engines and router).
     #[arg(long, default_value_t = 64)]
     block_size: usize,
@@ -114,6 +121,8 @@ fn config_for(args: &ReplayArgs) -> ReplayConfig {
     config.router.overlap_score_credit = args.overlap_score_credit;
     config.router.router_temperature = args.router_temperature;
     config.seed = args.seed;
+    config.router_replicas = args.router_replicas;
+    config.replica_sync = !args.no_replica_sync;
     config
 }
 

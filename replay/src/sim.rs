@@ -18,6 +18,7 @@
 use kvroute_kv_router::router::{BlockedRequest, RouteError, RouteOptions};
 use kvroute_pool_select::{ConfigError as PoolConfigError, PoolFacts, PoolState, RequestFeatures, SelectConfig, SelectError, Selector};
 use kvroute_kv_router::select::ConfigError as RouterConfigError;
+use kvroute_kv_router::replicas::ReplicaLoads;
 use kvroute_kv_router::{KvRouter, KvRouterConfig};
 use kvroute_mocker::block_pool::CacheEvent;
 use kvroute_mocker::config::ConfigError as EngineConfigError;
@@ -48,6 +49,12 @@ pub struct ReplayConfig {
     /// Split the workers into pools, each behind its own router, chosen per request by
     /// `pool-select` (as the global router does); `None`: one router over all workers.
     pub pools: Option<PoolSplit>,
+    /// Router replicas per pool (a router group), requests dealt to them in turn as the global
+    /// router does. Each hears every KV event of its pool.
+    pub router_replicas: usize,
+    /// Whether a pool's replicas share their load (replica sync, without delay); without it
+    /// each counts only the requests it routed.
+    pub replica_sync: bool,
 }
 
 /// Workers in pools: `sizes` (summing to the worker count), named `pool-0`, `pool-1`, …, and
@@ -76,6 +83,8 @@ impl ReplayConfig {
             router,
             seed: 0,
             pools: None,
+            router_replicas: 1,
+            replica_sync: true,
         }
     }
 }
@@ -85,6 +94,8 @@ impl ReplayConfig {
 pub enum ReplayError {
     #[error("workers must be > 0")]
     NoWorkers,
+    #[error("router replicas must be > 0")]
+    NoReplicas,
     #[error("engine config: {0}")]
     Engine(#[from] EngineConfigError),
     #[error("router config: {0}")]
@@ -178,10 +189,38 @@ pub fn run(
     Simulation::new(config)?.run(requests)
 }
 
+/// One pool's router replicas.
+struct RouterGroup {
+    replicas: Vec<KvRouter>,
+    /// The replica the next request goes to.
+    next: usize,
+    sync: bool,
+}
+
+impl RouterGroup {
+    /// Hand what replica `r` just changed to the others (replica sync without delay).
+    fn share(&mut self, r: usize) {
+        if !self.sync || self.replicas.len() == 1 {
+            return;
+        }
+        let updates = self.replicas[r].take_load_updates();
+        let name = r.to_string();
+        for (o, other) in self.replicas.iter_mut().enumerate() {
+            if o != r {
+                for u in &updates {
+                    other.apply_replica_update(&name, u);
+                }
+            }
+        }
+    }
+}
+
 struct Simulation {
     workers: Vec<WorkerState>,
-    /// One router per pool (one in all without pools).
-    routers: Vec<KvRouter>,
+    /// One router group per pool (one in all without pools).
+    groups: Vec<RouterGroup>,
+    /// The replica of its pool's group that routed each request.
+    replica_of: Vec<usize>,
     /// `pool_of[w]`: the pool worker `w` is in.
     pool_of: Vec<usize>,
     /// Chooses the pool when there are several.
@@ -213,9 +252,24 @@ impl Simulation {
             return Err(ReplayError::PoolSizes { sizes, workers: config.workers });
         }
         let pool_of: Vec<usize> = sizes.iter().enumerate().flat_map(|(p, &n)| std::iter::repeat_n(p, n)).collect();
-        let mut routers = (0..sizes.len())
-            .map(|p| KvRouter::with_seed(config.router.clone(), config.seed.wrapping_add(p as u64)))
-            .collect::<Result<Vec<_>, _>>()?;
+        if config.router_replicas == 0 {
+            return Err(ReplayError::NoReplicas);
+        }
+        let mut groups = (0..sizes.len())
+            .map(|p| {
+                let replicas = (0..config.router_replicas)
+                    .map(|r| {
+                        let seed = config.seed.wrapping_add(p as u64).wrapping_add((r as u64) << 32);
+                        let mut router = KvRouter::with_seed(config.router.clone(), seed)?;
+                        if config.replica_sync && config.router_replicas > 1 {
+                            router.share_load();
+                        }
+                        Ok(router)
+                    })
+                    .collect::<Result<Vec<_>, RouterConfigError>>()?;
+                Ok(RouterGroup { replicas, next: 0, sync: config.replica_sync })
+            })
+            .collect::<Result<Vec<_>, RouterConfigError>>()?;
         let selector = match &config.pools {
             Some(split) if sizes.len() > 1 => {
                 let pools = (0..sizes.len()).map(|p| PoolFacts::new(format!("pool-{p}"))).collect();
@@ -226,7 +280,9 @@ impl Simulation {
         };
         let workers = (0..config.workers)
             .map(|w| {
-                routers[pool_of[w]].add_worker(worker_of(w));
+                for router in &mut groups[pool_of[w]].replicas {
+                    router.add_worker(worker_of(w));
+                }
                 WorkerState {
                     engine: Engine::new(config.engine.clone()),
                     busy: None,
@@ -236,8 +292,9 @@ impl Simulation {
             .collect();
         Ok(Simulation {
             workers,
-            in_flight: vec![0; routers.len()],
-            routers,
+            in_flight: vec![0; groups.len()],
+            groups,
+            replica_of: Vec::new(),
             pool_of,
             selector,
             router_block_size: config.router.block_size,
@@ -250,6 +307,7 @@ impl Simulation {
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by(|&a, &b| requests[a].arrival_ms.total_cmp(&requests[b].arrival_ms));
         let mut records: Vec<Option<RequestRecord>> = vec![None; requests.len()];
+        self.replica_of = vec![0; requests.len()];
         let mut next = 0;
         loop {
             let next_pass = self
@@ -341,16 +399,18 @@ impl Simulation {
                 message: e.to_string(),
             };
             let pool = r.pool;
-            let router = &mut self.routers[pool];
+            let replica = self.replica_of[id];
+            let group = &mut self.groups[pool];
             if t.first {
                 r.first_token_ms = Some(now);
-                router.mark_prefill_complete(&key).map_err(bookkeeping)?;
+                group.replicas[replica].mark_prefill_complete(&key).map_err(bookkeeping)?;
             }
             if t.finish.is_some() {
                 r.finish_ms = Some(now);
-                router.free(&key).map_err(bookkeeping)?;
+                group.replicas[replica].free(&key).map_err(bookkeeping)?;
                 self.in_flight[pool] -= 1;
             }
+            group.share(replica);
         }
         self.stats.end_ms = self.stats.end_ms.max(now);
         Ok(())
@@ -363,23 +423,25 @@ impl Simulation {
         let state = &mut self.workers[w];
         let converted = to_router_events(worker_of(w), state.next_event_id, events);
         state.next_event_id += converted.len() as u64;
-        let router = &mut self.routers[self.pool_of[w]];
         for e in &converted {
             self.stats.kv_events += 1;
-            if router.apply_event(e).is_err() {
-                self.stats.kv_events_rejected += 1;
+            for (r, router) in self.groups[self.pool_of[w]].replicas.iter_mut().enumerate() {
+                if router.apply_event(e).is_err() && r == 0 {
+                    self.stats.kv_events_rejected += 1;
+                }
             }
         }
     }
 
     /// The pool for a request: the only one, or `pool-select`'s choice from every pool
-    /// router's query-only answer (as the global router probes its groups).
+    /// router's query-only answer (as the global router probes its groups; here, the replica
+    /// whose turn it is).
     fn choose_pool(&mut self, i: usize, blocked: &BlockedRequest) -> Result<usize, ReplayError> {
         let Some(selector) = self.selector.as_mut() else { return Ok(0) };
         let probes = self
-            .routers
+            .groups
             .iter_mut()
-            .map(|r| r.best_worker(blocked, RouteOptions::default()).map(|routed| routed.answer()))
+            .map(|g| g.replicas[g.next].best_worker(blocked, RouteOptions::default()).map(|routed| routed.answer()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| ReplayError::Route { request: i, source })?;
         let probes: Vec<_> = probes.iter().map(Some).collect();
@@ -404,9 +466,14 @@ impl Simulation {
             request_id: Some(&key),
             ..RouteOptions::default()
         };
-        let routed = self.routers[pool]
+        let group = &mut self.groups[pool];
+        let replica = group.next;
+        group.next = (replica + 1) % group.replicas.len();
+        self.replica_of[i] = replica;
+        let routed = group.replicas[replica]
             .best_worker(&blocked, options)
             .map_err(|source| ReplayError::Route { request: i, source })?;
+        group.share(replica);
         let w = routed.worker.worker_id as usize;
         self.in_flight[pool] += 1;
         let mut record = RequestRecord {
@@ -434,7 +501,8 @@ impl Simulation {
         };
         if let Err(e) = self.workers[w].engine.add(engine_request) {
             record.rejected = Some(e.to_string());
-            let _ = self.routers[pool].free(&key);
+            let _ = self.groups[pool].replicas[replica].free(&key);
+            self.groups[pool].share(replica);
             self.in_flight[pool] -= 1;
             if matches!(e, RejectError::Duplicate(_)) {
                 return Err(ReplayError::Bookkeeping {

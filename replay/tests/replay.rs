@@ -348,3 +348,27 @@ fn requests_arriving_while_their_prefix_is_computed_join_it() {
     assert!(out.records[1..].iter().all(|r| r.cached_tokens == 5120), "the later ones reuse it");
     assert!(out.records[1..].iter().all(|r| r.router_overlap_blocks == 0), "before the index knew");
 }
+
+#[test]
+fn router_replicas_that_share_load_route_like_one_and_blind_ones_pile_up() {
+    // A burst: 60 requests in 1.2 s, 4 workers, kvroute's default cost.
+    let records: Vec<TraceRecord> = synthetic(60).into_iter().enumerate().map(|(i, r)| TraceRecord { timestamp: i as u64 * 20, ..r }).collect();
+    let requests = expand(&records, &TraceOptions::default()).unwrap();
+    let ttft = |replicas: usize, sync: bool| {
+        let config = ReplayConfig {
+            router: KvRouterConfig { block_size: 64, ..KvRouterConfig::default() },
+            router_replicas: replicas,
+            replica_sync: sync,
+            ..ReplayConfig::dynamo_defaults(4, RouterMode::Kv)
+        };
+        let outcome = run(&config, &requests).unwrap();
+        assert_eq!(Summary::of(&outcome.records).completed, 60);
+        Summary::of(&outcome.records).ttft_ms.mean
+    };
+    let (one, shared, blind) = (ttft(1, true), ttft(3, true), ttft(3, false));
+    assert!(blind > one * 1.1, "three replicas blind to each other's load: {blind:.1} ms vs one router {one:.1} ms");
+    assert!(shared < blind, "sharing load: {shared:.1} ms vs blind {blind:.1} ms");
+    assert!((shared - one).abs() < one * 0.08, "sharing replicas route like one router: {shared:.1} vs {one:.1} ms");
+    let none = ReplayConfig { router_replicas: 0, ..ReplayConfig::dynamo_defaults(4, RouterMode::Kv) };
+    assert!(matches!(run(&none, &requests), Err(kvroute_replay::ReplayError::NoReplicas)));
+}
