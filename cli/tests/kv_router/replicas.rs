@@ -69,3 +69,28 @@ async fn replicas_share_load_through_nats_and_forget_a_replica_that_died() {
     wait_prefill_on(&client, &two, loaded, 0, "after replica one died").await;
     assert_eq!(support::metric(&client, &two.router_http(), "kvroute_router_replica_peers").await, 0.0);
 }
+
+#[tokio::test]
+async fn replicas_route_alone_while_nats_is_down_and_share_once_it_is_up() {
+    // Only to learn whether nats-server is installed (the test needs it later, on a port
+    // chosen now).
+    let Some(probe) = support::nats_server() else { return };
+    drop(probe);
+    let port = support::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mocker = support::mocker(&["--block-size", "16"]);
+    let replica = |id: &str| support::kv_router(&[&mocker], &["--block-size", "16", "--replica-sync", &url, "--replica-id", id]);
+    let (one, two) = (replica("one"), replica("two"));
+    let client = reqwest::Client::new();
+    // No NATS yet: both serve on their own.
+    let answer = support::post_json(&client, &format!("{}/best_worker", one.router_http()), &json!({"token_ids": [1, 2, 3]})).await;
+    assert!(answer["worker_id"].as_u64().is_some(), "{answer}");
+    let _nats = support::nats_server_on(port).expect("nats-server was found above");
+    for r in [&one, &two] {
+        let joined = support::eventually(Duration::from_secs(15), || async {
+            (support::metric(&client, &r.router_http(), "kvroute_router_replica_peers").await == 1.0).then_some(())
+        })
+        .await;
+        assert!(joined.is_some(), "the replicas never found each other once NATS was up");
+    }
+}

@@ -172,6 +172,20 @@ impl Drop for NatsServer {
 /// None when it is not installed — unless `KVROUTE_REQUIRE_NATS` is set (the test script sets
 /// it after installing the server), then missing it is a failure.
 pub fn nats_server() -> Option<NatsServer> {
+    start_nats("-1") // the server picks a free port and logs it
+}
+
+/// A free loopback port (for a server started later on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// [`nats_server`] on a given port.
+pub fn nats_server_on(port: u16) -> Option<NatsServer> {
+    start_nats(&port.to_string())
+}
+
+fn start_nats(port: &str) -> Option<NatsServer> {
     let candidates = std::env::var("NATS_SERVER_BIN").into_iter().chain(["nats-server".to_owned(), "/usr/sbin/nats-server".to_owned()]);
     let binary = candidates.into_iter().find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
     let Some(binary) = binary else {
@@ -179,9 +193,8 @@ pub fn nats_server() -> Option<NatsServer> {
         eprintln!("skipped: nats-server not found (./scripts/test installs it)");
         return None;
     };
-    // Port -1: the server picks a free one and logs it.
     let mut child = Command::new(&binary)
-        .args(["-a", "127.0.0.1", "-p", "-1"])
+        .args(["-a", "127.0.0.1", "-p", port])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -24,6 +24,7 @@ use crate::replicas::{Continuity, LoadUpdate, Peers, ReplicaMessage};
 pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<LoadUpdate>>) {
     let sync = shared.config.replica_sync.clone().expect("replica sync is configured");
     let subject = sync.subject();
+    let server = without_credentials(&sync.nats_url);
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
     let mut seq = 0u64;
@@ -32,7 +33,7 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
         match async_nats::ConnectOptions::new().name(format!("kvroute kv-router {}", sync.replica_id)).connect(&sync.nats_url).await {
             Ok(client) => break client,
             Err(e) => {
-                tracing::warn!(url = %sync.nats_url, error = %e, "replica sync: NATS not reachable; routing on this replica's own load meanwhile");
+                tracing::warn!(%server, error = %e, "replica sync: NATS not reachable; routing on this replica's own load meanwhile");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 // Updates made meanwhile are lost to the others: number them, so they notice.
@@ -49,7 +50,7 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
             return;
         }
     };
-    tracing::info!(url = %sync.nats_url, %subject, replica = %sync.replica_id, "replica sync: sharing load with the group's other replicas");
+    tracing::info!(%server, %subject, replica = %sync.replica_id, "replica sync: sharing load with the group's other replicas");
     let mut peers = Peers::new();
     let mut heartbeat = tokio::time::interval(sync.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,4 +115,24 @@ fn receive(shared: &Shared, own_id: &str, peers: &mut Peers, payload: &[u8], now
 fn update_gauges(shared: &Shared, peers: &Peers) {
     shared.metrics.replica_peers.set(peers.len() as f64);
     shared.metrics.replica_requests.set(shared.router().replica_request_count() as f64);
+}
+
+/// The server's URL for the logs: `nats://user:secret@host:port` → `nats://host:port`.
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_stay_out_of_the_logs() {
+        assert_eq!(super::without_credentials("nats://user:s3cret@10.0.0.1:4222"), "nats://10.0.0.1:4222");
+        assert_eq!(super::without_credentials("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
 }
