@@ -16,6 +16,11 @@
 //!   message at hand (a lost `freed` would otherwise leave load behind for ever);
 //! - every replica sends at least a heartbeat (an empty batch) each interval; one not heard
 //!   from for the expiry time is gone, and its requests are released;
+//! - a replica that has just started, or has just dropped a sender's view, asks for a resend
+//!   (`resend` on its next message): every replica then announces all the requests it has in
+//!   flight (`routed` again, then `prefill_complete` for those past it), which receivers take
+//!   in place of what they held under the same ids — so a replica joining a busy group counts
+//!   the long streams already running, not only what starts after it;
 //! - updates about requests the receiver does not know (sent before it joined) are ignored.
 
 use rustc_hash::FxHashMap;
@@ -42,6 +47,9 @@ pub struct ReplicaMessage {
     /// Empty: a heartbeat.
     #[serde(default)]
     pub updates: Vec<LoadUpdate>,
+    /// The sender asks every replica to announce all its requests in flight again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend: bool,
 }
 
 /// How a received message fitted the sender's sequence.
@@ -138,7 +146,7 @@ mod tests {
     }
 
     fn message(replica: &str, seq: u64, updates: Vec<LoadUpdate>) -> ReplicaMessage {
-        ReplicaMessage { replica: replica.into(), seq, updates }
+        ReplicaMessage { replica: replica.into(), seq, updates, resend: false }
     }
 
     fn freed(id: &str) -> LoadUpdate {
@@ -188,7 +196,9 @@ mod tests {
         assert!(text.contains(r#""op":"routed""#) && text.contains(r#""op":"prefill_complete""#), "{text}");
         assert_eq!(serde_json::from_str::<ReplicaMessage>(&text).unwrap(), m);
         let heartbeat: ReplicaMessage = serde_json::from_str(r#"{"replica":"r2","seq":0}"#).unwrap();
-        assert!(heartbeat.updates.is_empty());
+        assert!(heartbeat.updates.is_empty() && !heartbeat.resend);
+        let asking = ReplicaMessage { resend: true, ..heartbeat };
+        assert!(serde_json::to_string(&asking).unwrap().contains(r#""resend":true"#));
         assert!(serde_json::from_str::<ReplicaMessage>(r#"{"replica":"r2","seq":0,"updates":[{"op":"teleported"}]}"#).is_err());
     }
 }

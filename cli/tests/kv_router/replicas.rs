@@ -94,3 +94,20 @@ async fn replicas_route_alone_while_nats_is_down_and_share_once_it_is_up() {
         assert!(joined.is_some(), "the replicas never found each other once NATS was up");
     }
 }
+
+#[tokio::test]
+async fn a_replica_that_starts_late_counts_the_requests_already_in_flight() {
+    let Some(nats) = support::nats_server() else { return };
+    let mocker = support::mocker(&["--block-size", "16"]);
+    let replica = |id: &str| support::kv_router(&[&mocker], &["--block-size", "16", "--replica-sync", &nats.url, "--replica-id", id]);
+    let one = replica("one");
+    let client = reqwest::Client::new();
+    let long: Vec<u32> = (0..1024).map(|i| i % 3000 + 5).collect();
+    let routed = support::post_json(&client, &format!("{}/best_worker", one.router_http()), &json!({"token_ids": long, "request_id": "long-stream"})).await;
+    let worker = routed["worker_id"].as_u64().expect("a worker");
+    // Replica two starts while the request is in flight: its resend request brings it in.
+    let two = replica("two");
+    wait_prefill_on(&client, &two, worker, 1024, "the late replica").await;
+    support::post_json(&client, &format!("{}/free", one.router_http()), &json!({"request_id": "long-stream"})).await;
+    wait_prefill_on(&client, &two, worker, 0, "after the free").await;
+}

@@ -184,6 +184,11 @@ impl ActiveSequences {
         blocks.len() - shared
     }
 
+    /// This replica's tracked requests, in no particular order.
+    pub fn requests(&self) -> impl Iterator<Item = (&str, &ActiveRequest)> {
+        self.requests.iter().map(|(id, r)| (id.as_str(), r))
+    }
+
     pub fn request(&self, request_id: &str) -> Option<&ActiveRequest> {
         self.requests.get(request_id)
     }

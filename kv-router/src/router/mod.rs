@@ -192,6 +192,26 @@ impl<R: Rng> KvRouter<R> {
         self.outbox.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// Write down every request this replica tracks, as if it had just been routed (and, past
+    /// its prefill, completed it): what a replica that asked for a resend needs. Nothing when
+    /// not sharing.
+    pub fn announce_tracked(&mut self) {
+        let Some(outbox) = &mut self.outbox else { return };
+        for (id, r) in self.active.requests() {
+            outbox.push(LoadUpdate::Routed {
+                request_id: id.to_owned(),
+                worker_id: r.worker.worker_id,
+                dp_rank: r.worker.dp_rank,
+                // Past prefill the remaining count is 0; the prompt's size no longer matters.
+                prefill_tokens: r.prefill_tokens,
+                blocks: r.blocks.iter().map(|h| h.0).collect(),
+            });
+            if !r.prefilling {
+                outbox.push(LoadUpdate::PrefillComplete { request_id: id.to_owned() });
+            }
+        }
+    }
+
     /// Requests other replicas routed that count here.
     pub fn replica_request_count(&self) -> usize {
         self.active.replica_request_count()

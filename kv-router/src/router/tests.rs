@@ -219,7 +219,7 @@ fn baseline_modes_ignore_the_cache() {
 
 /// Hand `from`'s recorded updates to `to` as the replica sync task would.
 fn deliver(from: &mut KvRouter, to: &mut KvRouter, peers: &mut crate::replicas::Peers, seq: &mut u64, now_ms: u64) {
-    let message = crate::replicas::ReplicaMessage { replica: "one".into(), seq: *seq, updates: from.take_load_updates() };
+    let message = crate::replicas::ReplicaMessage { replica: "one".into(), seq: *seq, updates: from.take_load_updates(), resend: false };
     *seq += 1;
     peers.receive(to, &message, now_ms);
 }
@@ -279,4 +279,39 @@ fn load_updates_are_written_down_only_when_sharing_and_only_for_what_happened() 
     ended.sort();
     let expected: Vec<&str> = if quiet == w { vec!["quiet", "r1"] } else { vec!["r1"] };
     assert_eq!(ended, expected);
+}
+
+#[test]
+fn a_replica_that_joins_late_learns_the_requests_in_flight_from_a_resend() {
+    let (mut one, mut late) = (router(), router());
+    one.share_load();
+    let long = BlockedRequest::from_tokens(&prompt(4000, 3), BS, HashSeed::default());
+    let short = BlockedRequest::from_tokens(&prompt(400, 4), BS, HashSeed::default());
+    let w1 = one.best_worker(&long, RouteOptions { request_id: Some("streaming"), ..RouteOptions::default() }).unwrap().worker;
+    one.mark_prefill_complete("streaming").unwrap();
+    let w2 = one.best_worker(&short, RouteOptions { request_id: Some("waiting"), ..RouteOptions::default() }).unwrap().worker;
+    one.take_load_updates(); // published before `late` was listening
+    let (mut peers, mut seq) = (crate::replicas::Peers::new(), 0);
+    deliver(&mut one, &mut late, &mut peers, &mut seq, 0);
+    assert_eq!(late.replica_request_count(), 0, "nothing learnt yet");
+    // `late` asked for a resend: `one` announces both, in their current state.
+    one.announce_tracked();
+    deliver(&mut one, &mut late, &mut peers, &mut seq, 1);
+    let total = |r: &KvRouter| {
+        let (a, b) = (r.load(A), r.load(B));
+        (a.active_requests + b.active_requests, a.prefilling_requests + b.prefilling_requests, a.active_prefill_tokens + b.active_prefill_tokens)
+    };
+    assert_eq!(late.replica_request_count(), 2);
+    assert_eq!(total(&late), (2, 1, 400), "both counted; only `waiting` still in prefill");
+    assert_eq!((late.load(w1).active_requests > 0, late.load(w2).active_requests > 0), (true, true));
+    // Announced twice, counted once.
+    one.announce_tracked();
+    deliver(&mut one, &mut late, &mut peers, &mut seq, 2);
+    assert_eq!(late.replica_request_count(), 2);
+    assert_eq!(total(&late), (2, 1, 400));
+    // Not sharing: nothing to announce.
+    let mut quiet = router();
+    quiet.best_worker(&short, RouteOptions { request_id: Some("x"), ..RouteOptions::default() }).unwrap();
+    quiet.announce_tracked();
+    assert!(quiet.take_load_updates().is_empty());
 }

@@ -7,6 +7,9 @@
 //! replica when its numbering jumps, and releases the requests of a replica silent for three
 //! heartbeats. Core NATS, no JetStream: nothing here outlives the requests it describes.
 //!
+//! A replica asks the others to resend their requests in flight with its first message, and
+//! again after it had to drop a sender's view; a replica asked announces all of its own.
+//!
 //! If the server cannot be reached, the router routes on its own view and keeps trying; the
 //! updates it makes meanwhile are dropped but still numbered, so the other replicas see the
 //! gap and start its view over.
@@ -52,6 +55,8 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
     };
     tracing::info!(%server, %subject, replica = %sync.replica_id, "replica sync: sharing load with the group's other replicas");
     let mut peers = Peers::new();
+    // Just started: what the others have in flight is unknown here.
+    let mut ask_resend = true;
     let mut heartbeat = tokio::time::interval(sync.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -62,7 +67,7 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
             },
             message = incoming.next() => {
                 match message {
-                    Some(m) => receive(&shared, &sync.replica_id, &mut peers, &m.payload, now_ms()),
+                    Some(m) => ask_resend |= receive(&shared, &sync.replica_id, &mut peers, &m.payload, now_ms()),
                     None => {
                         tracing::error!(%subject, "replica sync: subscription closed; this replica no longer sees the others' load");
                         return;
@@ -79,7 +84,7 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
                 Vec::new()
             }
         };
-        let message = ReplicaMessage { replica: sync.replica_id.clone(), seq, updates };
+        let message = ReplicaMessage { replica: sync.replica_id.clone(), seq, updates, resend: std::mem::take(&mut ask_resend) };
         seq += 1;
         let payload = serde_json::to_vec(&message).expect("load updates serialize");
         if let Err(e) = client.publish(subject.clone(), payload.into()).await {
@@ -88,19 +93,28 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
     }
 }
 
-/// Apply one message from the bus (our own come back too: skipped).
-fn receive(shared: &Shared, own_id: &str, peers: &mut Peers, payload: &[u8], now_ms: u64) {
+/// Apply one message from the bus (our own come back too: skipped). True when this replica
+/// lost track of the sender's requests and should ask for a resend.
+fn receive(shared: &Shared, own_id: &str, peers: &mut Peers, payload: &[u8], now_ms: u64) -> bool {
     let message: ReplicaMessage = match serde_json::from_slice(payload) {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = %e, "replica sync: ignoring a message that is not a kvroute load update");
-            return;
+            return false;
         }
     };
     if message.replica == own_id {
-        return;
+        return false;
     }
-    let continuity = peers.receive(&mut *shared.router(), &message, now_ms);
+    let continuity = {
+        let mut router = shared.router();
+        let continuity = peers.receive(&mut *router, &message, now_ms);
+        if message.resend {
+            // Leaves for the bus as the lock is released.
+            router.announce_tracked();
+        }
+        continuity
+    };
     match continuity {
         Continuity::NewReplica => tracing::info!(replica = %message.replica, "replica sync: another replica of the group joined"),
         Continuity::Resynced { dropped_requests } => {
@@ -110,6 +124,7 @@ fn receive(shared: &Shared, own_id: &str, peers: &mut Peers, payload: &[u8], now
         Continuity::InOrder => {}
     }
     update_gauges(shared, peers);
+    matches!(continuity, Continuity::Resynced { .. })
 }
 
 fn update_gauges(shared: &Shared, peers: &Peers) {
