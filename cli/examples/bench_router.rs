@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             default_max_tokens: 1,
             max_body_bytes: 64 << 20,
             kv_events_http: None,
+            kv_events_nats: None,
         };
         let running = mocker::start(config, tokenizer.clone()).await?;
         workers.push(WorkerSpec { kv_events: vec![running.kv_events[0].events.clone()], ..WorkerSpec::new(format!("http://{}", running.http_addr)) });

@@ -90,6 +90,13 @@ pub struct KvRouterArgs {
     /// This replica's id within the group. Default: random at each start.
     #[arg(long, env = "KVROUTE_REPLICA_ID")]
     replica_id: Option<String>,
+    /// Take the KV events of workers listed without a ZMQ endpoint from this NATS server's
+    /// JetStream (nats://host:port; subjects kvroute.kv_events.<worker id>.<dp rank>, as
+    /// `kvroute mocker --kv-events-nats` publishes them). A router started later replays each
+    /// worker's history from the stream. Worker ids must match the publishers' (set
+    /// `worker_id` in the --config file's workers).
+    #[arg(long, value_name = "NATS_URL", env = "KVROUTE_KV_EVENTS_NATS")]
+    kv_events_nats: Option<String>,
     /// Milliseconds between replica sync heartbeats; a replica silent for three is taken to be
     /// gone and its requests stop counting. Default: 1000.
     #[arg(long, env = "KVROUTE_REPLICA_HEARTBEAT_MS")]
@@ -126,6 +133,8 @@ pub struct RouterFile {
     pub router_group: Option<String>,
     pub replica_id: Option<String>,
     pub replica_heartbeat_ms: Option<u64>,
+    /// NATS URL: KV events of workers without ZMQ endpoints come from its JetStream.
+    pub kv_events_nats: Option<String>,
 }
 
 /// A Dynamo environment variable, parsed; an unparsable value is an error naming it.
@@ -216,6 +225,7 @@ impl KvRouterArgs {
             }
             config.replica_sync = Some(sync);
         }
+        config.kv_events_nats = self.kv_events_nats.clone().or(file.kv_events_nats.clone());
         config.validate_workers().map_err(|e| anyhow::anyhow!(e))?;
         let tokenizer = load_tokenizer(self.tokenizer.as_ref().or(file.tokenizer.as_ref()), self.chat_template.as_ref().or(file.chat_template.as_ref()))?;
         Ok((config, Arc::new(tokenizer)))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use kvroute_mocker::server::{self, HttpPushConfig, KvEventsConfig, ServerConfig};
+use kvroute_mocker::server::{self, EventPushConfig, KvEventsConfig, ServerConfig};
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
 use kvroute_tokenizer::{ChatTemplate, Tokenizer};
@@ -68,7 +68,13 @@ pub struct MockerArgs {
     /// Also push KV events as Dynamo JSON to this kv-router (POST <URL>/events).
     #[arg(long, env = "KVROUTE_KV_EVENTS_HTTP_URL", requires = "worker_id")]
     kv_events_http_url: Option<String>,
-    /// This worker's id in that router's configuration (for --kv-events-http-url).
+    /// Also publish KV events as Dynamo JSON on NATS JetStream (nats://host:port), subject
+    /// kvroute.kv_events.<worker id>.<dp rank>, kept in the KVROUTE_KV_EVENTS stream: routers
+    /// started with --kv-events-nats need no connection to this worker.
+    #[arg(long, value_name = "NATS_URL", env = "KVROUTE_KV_EVENTS_NATS", requires = "worker_id")]
+    kv_events_nats: Option<String>,
+    /// This worker's id in the routers' configuration (for --kv-events-http-url and
+    /// --kv-events-nats).
     #[arg(long, env = "KVROUTE_WORKER_ID")]
     worker_id: Option<u64>,
     /// HF tokenizer.json to use (default: the small BPE tokenizer built into kvroute).
@@ -109,7 +115,8 @@ impl MockerArgs {
             }),
             default_max_tokens: self.default_max_tokens,
             max_body_bytes: self.max_body_bytes,
-            kv_events_http: self.kv_events_http_url.clone().map(|url| HttpPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
+            kv_events_http: self.kv_events_http_url.clone().map(|url| EventPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
+            kv_events_nats: self.kv_events_nats.clone().map(|url| EventPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
         }
     }
 

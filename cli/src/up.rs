@@ -10,7 +10,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kvroute_kv_router::select::{CostModel, KvRouterConfig, RouterMode};
 use kvroute_kv_router::service::{self, ReplicaSyncConfig, ServiceConfig, WorkerSpec};
-use kvroute_mocker::server::{self as mocker, KvEventsConfig, ServerConfig};
+use kvroute_mocker::server::{self as mocker, EventPushConfig, KvEventsConfig, ServerConfig};
+use kvroute_protocol::events::nats_kv_events_subject;
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
 use serde::Deserialize;
@@ -58,6 +59,9 @@ struct StackFile {
     /// A NATS server (`nats://host:port`) through which the replicas of each pool's router
     /// group share load (needed when a pool has `router_replicas` > 1).
     replica_sync: Option<String>,
+    /// A NATS server with JetStream (`nats://host:port`) that carries the workers' KV events to
+    /// the routers, in place of each router subscribing to each worker's ZMQ socket.
+    kv_events_nats: Option<String>,
     /// A global router in front of the pools' routers (optional).
     global_router: Option<GlobalSection>,
     /// An Envoy with the kvroute filter in front of the pools' routers (optional; needs the
@@ -175,6 +179,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut report = Vec::new();
     // The longest prompt each pool's mockers accept: the pool choice sends longer ones elsewhere.
     let mut max_input_tokens = Vec::new();
+    // Worker ids, explicit when events go through NATS (the subject names the worker).
+    let mut next_worker_id = 1u64;
     for pool in &stack.pools {
         let defaults = EngineConfig::default();
         let engine = EngineConfig {
@@ -199,15 +205,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 default_max_tokens: 16,
                 max_body_bytes: 64 << 20,
                 kv_events_http: None,
+                kv_events_nats: stack.kv_events_nats.clone().map(|url| EventPushConfig { url, worker_id: next_worker_id }),
             };
             let running = mocker::start(config, tokenizer.clone()).await.with_context(|| format!("starting a mocker of pool {}", pool.name))?;
             let url = format!("http://{}", running.http_addr);
-            workers.push(WorkerSpec {
-                kv_events: running.kv_events.iter().map(|e| e.events.clone()).collect(),
-                kv_replay: running.kv_events.iter().map(|e| e.replay.clone()).collect(),
-                ..WorkerSpec::new(url.clone())
+            workers.push(match stack.kv_events_nats {
+                Some(_) => WorkerSpec { worker_id: Some(next_worker_id), data_parallel_size: Some(pool.data_parallel_size), ..WorkerSpec::new(url.clone()) },
+                None => WorkerSpec {
+                    kv_events: running.kv_events.iter().map(|e| e.events.clone()).collect(),
+                    kv_replay: running.kv_events.iter().map(|e| e.replay.clone()).collect(),
+                    ..WorkerSpec::new(url.clone())
+                },
             });
-            worker_report.push(json!({"http": url, "kv_events": running.kv_events.iter().map(|e| &e.events).collect::<Vec<_>>()}));
+            let kv_events: Vec<String> = match &stack.kv_events_nats {
+                Some(_) => (0..pool.data_parallel_size)
+                    .map(|r| format!("nats {}", nats_kv_events_subject(kvroute_protocol::Worker::new(next_worker_id, r))))
+                    .collect(),
+                None => running.kv_events.iter().map(|e| e.events.clone()).collect(),
+            };
+            next_worker_id += 1;
+            worker_report.push(json!({"http": url, "kv_events": kv_events}));
         }
         let d = KvRouterConfig::default();
         let mut routers = Vec::new();
@@ -225,6 +242,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 ..d
             };
             config.seed = pool.router.seed;
+            config.kv_events_nats = stack.kv_events_nats.clone();
             if let (Some(url), true) = (&stack.replica_sync, pool.router_replicas > 1) {
                 let mut sync = ReplicaSyncConfig::new(url.clone(), subject_token(&pool.name));
                 sync.replica_id = format!("{}-{replica}", subject_token(&pool.name));

@@ -44,6 +44,7 @@ impl Fixture {
             default_max_tokens: 1,
             max_body_bytes: 1 << 20,
             kv_events_http: None,
+            kv_events_nats: None,
         };
         let worker = mocker::start(config, tokenizer.clone()).await.unwrap();
         let spec = WorkerSpec {

@@ -6,6 +6,7 @@ mod support;
 mod gaps;
 mod http_events;
 mod lifecycle;
+mod nats_events;
 mod replay;
 mod replay_live;
 mod replicas;

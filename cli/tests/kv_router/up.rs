@@ -28,13 +28,13 @@ fn a_bad_stack_file_is_rejected_naming_the_field() {
 }
 
 #[tokio::test]
-async fn a_pool_with_two_router_replicas_shares_load_behind_the_global_router() {
+async fn a_pool_with_two_router_replicas_on_nats_shares_load_and_events_behind_the_global_router() {
     let Some(nats) = support::nats_server() else { return };
     let dir = std::env::temp_dir().join(format!("kvroute-up-replicas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("stack.yaml");
     let stack = format!(
-        "block_size: 16\nreplica_sync: {}\npools:\n  - {{name: chat, workers: 2, router_replicas: 2, mocker: {{speedup_ratio: 10}}}}\nglobal_router: {{http_port: 0}}\n",
+        "block_size: 16\nreplica_sync: {0}\nkv_events_nats: {0}\npools:\n  - {{name: chat, workers: 2, router_replicas: 2, mocker: {{speedup_ratio: 10}}}}\nglobal_router: {{http_port: 0}}\n",
         nats.url
     );
     std::fs::write(&file, stack).unwrap();
@@ -62,8 +62,20 @@ async fn a_pool_with_two_router_replicas_shares_load_behind_the_global_router() 
     })
     .await;
     assert!(counted.is_some(), "the second replica never counted the first one's request");
-    // And the stack serves through the global router, which knows both replicas.
+    // The stack serves through the global router, which knows both replicas; the workers' KV
+    // events reach both replicas through JetStream, so a repeated prompt finds its blocks
+    // whichever replica takes it.
     let global = up.ready["up"]["global_router"].as_str().unwrap();
-    let answer = client.post(format!("{global}/v1/completions")).json(&json!({"prompt": "Hello", "max_tokens": 2})).send().await.unwrap();
-    assert_eq!(answer.status().as_u16(), 200);
+    let body = json!({"prompt": (0..640).collect::<Vec<u32>>(), "max_tokens": 2});
+    let first = client.post(format!("{global}/v1/completions")).json(&body).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    first.bytes().await.unwrap();
+    let found = support::eventually(Duration::from_secs(10), || async {
+        let r = client.post(format!("{global}/v1/completions")).json(&body).send().await.unwrap();
+        let overlap = r.headers().get("x-kvroute-overlap-blocks").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+        r.bytes().await.unwrap();
+        (overlap == Some(40)).then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "a repeated prompt never found its 40 cached blocks");
 }

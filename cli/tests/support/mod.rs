@@ -154,9 +154,11 @@ pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
     text.lines().filter_map(|l| l.rsplit_once(' ')).find(|(n, _)| sample(n)).and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0)
 }
 
-/// A `nats-server` on an ephemeral loopback port, killed on drop.
+/// A `nats-server` with JetStream on an ephemeral loopback port, killed (and its storage
+/// removed) on drop.
 pub struct NatsServer {
     child: Child,
+    store: std::path::PathBuf,
     /// `nats://127.0.0.1:<port>`
     pub url: String,
 }
@@ -165,6 +167,7 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store);
     }
 }
 
@@ -193,8 +196,12 @@ fn start_nats(port: &str) -> Option<NatsServer> {
         eprintln!("skipped: nats-server not found (./scripts/test installs it)");
         return None;
     };
+    static STORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let store = std::env::temp_dir().join(format!("kvroute-nats-{}-{n}", std::process::id()));
     let mut child = Command::new(&binary)
-        .args(["-a", "127.0.0.1", "-p", port])
+        .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+        .arg(&store)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -212,5 +219,5 @@ fn start_nats(port: &str) -> Option<NatsServer> {
         let _ = child.kill();
         panic!("nats-server did not report its client port within 10 s");
     };
-    Some(NatsServer { child, url: format!("nats://{address}") })
+    Some(NatsServer { child, store, url: format!("nats://{address}") })
 }

@@ -71,6 +71,10 @@ pub struct ServiceConfig {
     pub seed: Option<u64>,
     /// Share load with the group's other replicas (None: this replica counts only its own).
     pub replica_sync: Option<ReplicaSyncConfig>,
+    /// A NATS server whose JetStream carries the KV events of the workers that have no ZMQ
+    /// endpoint (`nats://host:port`; None: those workers send no events, or push them to
+    /// `POST /events`).
+    pub kv_events_nats: Option<String>,
 }
 
 /// Replica sync: the replicas of one router group publish what they route on a NATS subject
@@ -136,6 +140,7 @@ impl ServiceConfig {
             kv_events_topic: String::new(),
             seed: None,
             replica_sync: None,
+            kv_events_nats: None,
         }
     }
 
@@ -143,6 +148,9 @@ impl ServiceConfig {
     pub fn validate_workers(&self) -> Result<(), String> {
         if let Some(sync) = &self.replica_sync {
             sync.validate()?;
+        }
+        if let Some(url) = self.kv_events_nats.as_ref().filter(|u| !u.starts_with("nats://")) {
+            return Err(format!("KV events over NATS: the URL must start with nats://, got {url:?}"));
         }
         let mut ids = std::collections::BTreeMap::new();
         for (i, w) in self.workers.iter().enumerate() {

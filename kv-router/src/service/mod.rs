@@ -8,6 +8,7 @@
 //! - `generate`: `/v1/completions` and `/v1/chat/completions` — route, forward, stream back,
 //!   and release the request's load however it ends (a guard frees it on drop);
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
+//! - `nats_events`: or the same events from NATS JetStream, replayed from the stream;
 //! - `health`: periodic health checks that take failing workers out and put them back;
 //! - `replica_sync`: the other replicas of the router group, over NATS (when configured);
 //! - `metrics`: Prometheus metrics.
@@ -20,6 +21,7 @@ mod events;
 mod generate;
 mod health;
 mod metrics;
+mod nats_events;
 mod replica_sync;
 
 use std::net::SocketAddr;
@@ -250,6 +252,9 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
                 tokio::spawn(events::subscribe(shared.clone(), i, rank, endpoint.clone()));
             }
         }
+    }
+    if let Some(url) = &shared.config.kv_events_nats {
+        tokio::spawn(nats_events::run(shared.clone(), url.clone()));
     }
     tokio::spawn(health::run(shared.clone()));
     let app = Router::new()

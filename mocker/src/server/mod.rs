@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod http_push;
+pub mod nats_push;
 mod metrics;
 mod openai;
 pub mod publisher;
@@ -55,15 +56,18 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Also push KV events in Dynamo's JSON form to this router (`POST <url>/events`).
-    pub kv_events_http: Option<HttpPushConfig>,
+    pub kv_events_http: Option<EventPushConfig>,
+    /// Also publish KV events in Dynamo's JSON form on NATS JetStream (the `url` is a NATS
+    /// server's; subjects `kvroute.kv_events.<worker_id>.<dp_rank>`).
+    pub kv_events_nats: Option<EventPushConfig>,
 }
 
-/// Dynamo-JSON KV events over HTTP to a router.
+/// Dynamo-JSON KV events pushed to a router over HTTP, or published on NATS.
 #[derive(Clone, Debug)]
-pub struct HttpPushConfig {
-    /// The router's base URL.
+pub struct EventPushConfig {
+    /// The router's base URL (HTTP), or the NATS server's (`nats://host:port`).
     pub url: String,
-    /// This worker's id in that router's configuration.
+    /// This worker's id in the routers' configuration.
     pub worker_id: u64,
 }
 
@@ -141,10 +145,16 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
                 Some(p)
             }
         };
-        let push = config.kv_events_http.as_ref().filter(|_| config.engine.enable_prefix_caching).map(|h| {
-            http_push::spawn(h.url.clone(), kvroute_protocol::Worker::new(h.worker_id, r))
-        });
-        ranks.push(rank::spawn(r, Engine::new(config.engine.clone()), publisher, push));
+        let mut pushers = Vec::new();
+        if config.engine.enable_prefix_caching {
+            if let Some(h) = &config.kv_events_http {
+                pushers.push(http_push::spawn(h.url.clone(), kvroute_protocol::Worker::new(h.worker_id, r)));
+            }
+            if let Some(n) = &config.kv_events_nats {
+                pushers.push(nats_push::spawn(n.url.clone(), kvroute_protocol::Worker::new(n.worker_id, r)));
+            }
+        }
+        ranks.push(rank::spawn(r, Engine::new(config.engine.clone()), publisher, pushers));
     }
     let listener =
         TcpListener::bind(config.http_addr).await.map_err(|source| StartError::Http { addr: config.http_addr, source })?;

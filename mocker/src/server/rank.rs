@@ -88,11 +88,11 @@ pub fn spawn(
     rank: u32,
     engine: Engine,
     publisher: Option<Publisher>,
-    http_push: Option<mpsc::UnboundedSender<Vec<CacheEvent>>>,
+    json_pushers: Vec<mpsc::UnboundedSender<Vec<CacheEvent>>>,
 ) -> RankHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(engine.stats()));
-    tokio::spawn(run(engine, rx, publisher, http_push, stats.clone()));
+    tokio::spawn(run(engine, rx, publisher, json_pushers, stats.clone()));
     RankHandle { rank, commands, stats }
 }
 
@@ -100,7 +100,7 @@ async fn run(
     mut engine: Engine,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut publisher: Option<Publisher>,
-    http_push: Option<mpsc::UnboundedSender<Vec<CacheEvent>>>,
+    json_pushers: Vec<mpsc::UnboundedSender<Vec<CacheEvent>>>,
     stats: Arc<Mutex<EngineStats>>,
 ) {
     let block_size = engine.config().block_size as u32;
@@ -149,8 +149,8 @@ async fn run(
             if let Some(p) = publisher.as_mut() {
                 p.publish(&events, block_size).await;
             }
-            if let Some(push) = http_push.as_ref() {
-                let _ = push.send(events);
+            for push in &json_pushers {
+                let _ = push.send(events.clone());
             }
         }
         if !engine.has_work() {
@@ -165,8 +165,10 @@ async fn run(
         if let Some(p) = publisher.as_mut() {
             p.publish(&pass.events, block_size).await;
         }
-        if let Some(push) = http_push.as_ref().filter(|_| !pass.events.is_empty()) {
-            let _ = push.send(pass.events.clone());
+        if !pass.events.is_empty() {
+            for push in &json_pushers {
+                let _ = push.send(pass.events.clone());
+            }
         }
         for admission in &pass.admitted {
             if let Some(l) = listeners.get(&admission.request) {

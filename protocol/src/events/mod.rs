@@ -1,7 +1,8 @@
 //! KV cache events: what a worker's cache did (blocks stored, removed, everything cleared).
 //!
 //! Two forms exist on the wire:
-//! - Dynamo's JSON form ([`RouterEvent`]), used by `POST /events`, NATS and `dump_events`;
+//! - Dynamo's JSON form ([`RouterEvent`]), used by `POST /events`, NATS
+//!   ([`nats_kv_events_subject`]) and `dump_events`;
 //!   blocks carry both the engine's opaque `block_hash` and the content `tokens_hash` (local
 //!   hash), so the index never needs token ids;
 //! - the vLLM/SGLang ZMQ msgpack form ([`zmq`]), which carries token ids; [`zmq::EngineEvent`]
@@ -13,6 +14,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::hashing::LocalBlockHash;
 use crate::Worker;
+
+/// The JetStream stream that keeps KV events published on NATS (subjects
+/// `kvroute.kv_events.>`), so a router that starts later replays each worker's history.
+pub const NATS_KV_EVENTS_STREAM: &str = "KVROUTE_KV_EVENTS";
+
+/// The subjects that stream keeps.
+pub const NATS_KV_EVENTS_SUBJECTS: &str = "kvroute.kv_events.>";
+
+/// The stream's size limit (oldest messages go first). A worker's history older than what
+/// fits is lost to routers that start later: they miss blocks stored before it until the cache
+/// turns over (each worker's history starts over whenever it restarts).
+pub const NATS_KV_EVENTS_MAX_BYTES: i64 = 1 << 30;
+
+/// The NATS subject of one worker rank's KV events: `kvroute.kv_events.<worker_id>.<dp_rank>`.
+/// Each message is a JSON array of [`RouterEvent`]s (a single object is accepted too), with
+/// `event_id` counting from 0 since the worker started.
+pub fn nats_kv_events_subject(worker: Worker) -> String {
+    format!("kvroute.kv_events.{}.{}", worker.worker_id, worker.dp_rank)
+}
 
 /// An engine's identifier for a cached block: opaque, only meaningful for the worker that sent
 /// it (parents are referenced by it).

@@ -1,0 +1,59 @@
+//! KV events over NATS JetStream: a mocker publishes them on the stream, a router with no
+//! connection to the worker's ZMQ socket indexes them, and a router started later rebuilds the
+//! same index from the stream's history.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, Process};
+
+const WORKER_ID: u64 = 11;
+
+/// A kv-router that takes worker 11's events from NATS only (no ZMQ endpoint configured).
+fn router(worker: &Process, nats_url: &str, dir: &std::path::Path, name: &str) -> Process {
+    let file = dir.join(format!("{name}.yaml"));
+    let config = format!("block_size: 16\nkv_events_nats: {nats_url}\nworkers:\n  - {{url: {}, worker_id: {WORKER_ID}}}\n", worker.http());
+    std::fs::write(&file, config).unwrap();
+    support::spawn(&["kv-router", "--http-port", "0", "--config", file.to_str().unwrap()])
+}
+
+async fn dump(client: &reqwest::Client, router: &Process) -> Value {
+    client.get(format!("{}/dump_events", router.router_http())).send().await.unwrap().json().await.unwrap()
+}
+
+async fn cached_blocks(client: &reqwest::Client, router: &Process) -> u64 {
+    let w: Value = client.get(format!("{}/workers", router.router_http())).send().await.unwrap().json().await.unwrap();
+    w["workers"][0]["ranks"][0]["cached_blocks"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn events_published_on_jetstream_reach_routers_started_before_and_after() {
+    let Some(nats) = support::nats_server() else { return };
+    let dir = std::env::temp_dir().join(format!("kvroute-nats-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let worker_id = WORKER_ID.to_string();
+    let mocker = support::mocker(&["--block-size", "16", "--speedup-ratio", "10", "--worker-id", &worker_id, "--kv-events-nats", &nats.url]);
+    let early = router(&mocker, &nats.url, &dir, "early");
+    let client = reqwest::Client::new();
+
+    // A 1,000-token prompt through the router: the worker caches 62 blocks, the router hears it
+    // from the stream, and the same prompt again finds them.
+    let prompt: Vec<u32> = (0..1000).map(|i| i % 2000 + 3).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 2});
+    let first = client.post(format!("{}/v1/completions", early.router_http())).json(&body).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    first.bytes().await.unwrap();
+    let indexed = support::eventually(Duration::from_secs(10), || async { (cached_blocks(&client, &early).await >= 62).then_some(()) }).await;
+    assert!(indexed.is_some(), "the router never indexed the worker's blocks from NATS ({})", cached_blocks(&client, &early).await);
+    let again = client.post(format!("{}/v1/completions", early.router_http())).json(&body).send().await.unwrap();
+    assert_eq!(again.headers()["x-kvroute-overlap-blocks"], "62");
+
+    // A router started now replays the worker's history from the stream: the same index.
+    let late = router(&mocker, &nats.url, &dir, "late");
+    let expected = dump(&client, &early).await;
+    assert!(!expected.as_array().unwrap().is_empty());
+    let rebuilt = support::eventually(Duration::from_secs(10), || async { (dump(&client, &late).await == expected).then_some(()) }).await;
+    assert!(rebuilt.is_some(), "the late router's index differs: {} vs {}", dump(&client, &late).await, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
