@@ -20,8 +20,24 @@ pub fn spawn(url: String, worker: Worker) -> mpsc::UnboundedSender<Vec<CacheEven
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<CacheEvent>>();
     tokio::spawn(async move {
         let subject = nats_kv_events_subject(worker);
-        let js = connect(&url, &subject).await;
         let mut next_id = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        let js = loop {
+            match connect(&url, &subject).await {
+                Ok(js) => break js,
+                Err(e) => {
+                    tracing::warn!(%subject, error = %e, "NATS JetStream not ready for KV events; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Not kept while unpublishable; the ids still advance, so routers see
+                    // that the history does not start at 0.
+                    while let Ok(events) = rx.try_recv() {
+                        next_id += events.len() as u64;
+                    }
+                }
+            }
+        };
+        tracing::info!(%subject, "publishing KV events on NATS JetStream");
         while let Some(events) = rx.recv().await {
             let body = to_router_events(worker, next_id, &events);
             next_id += body.len() as u64;
@@ -39,25 +55,8 @@ pub fn spawn(url: String, worker: Worker) -> mpsc::UnboundedSender<Vec<CacheEven
     tx
 }
 
-/// Connect (retrying), make sure the stream exists, and purge this rank's earlier history.
-async fn connect(url: &str, subject: &str) -> jetstream::Context {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match try_connect(url, subject).await {
-            Ok(js) => {
-                tracing::info!(%subject, "publishing KV events on NATS JetStream");
-                return js;
-            }
-            Err(e) => {
-                tracing::warn!(%subject, error = %e, "NATS JetStream not ready for KV events; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-async fn try_connect(url: &str, subject: &str) -> Result<jetstream::Context, Box<dyn std::error::Error + Send + Sync>> {
+/// Connect, make sure the stream exists, and purge this rank's earlier history.
+async fn connect(url: &str, subject: &str) -> Result<jetstream::Context, Box<dyn std::error::Error + Send + Sync>> {
     let js = jetstream::new(async_nats::connect(url).await?);
     let stream = js
         .get_or_create_stream(stream::Config {
