@@ -18,12 +18,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{consumer, stream};
 use futures::StreamExt;
-use kvroute_protocol::events::{
-    nats_kv_events_subject, parse_router_events, KvCacheEventData, RouterEvent, NATS_KV_EVENTS_MAX_BYTES, NATS_KV_EVENTS_STREAM,
-    NATS_KV_EVENTS_SUBJECTS,
-};
+use kvroute_nats::{kv_events_stream, nats_kv_events_subject};
+use kvroute_protocol::events::{parse_router_events, KvCacheEventData, RouterEvent};
 use kvroute_protocol::Worker;
 
 use super::Shared;
@@ -33,8 +31,8 @@ use super::Shared;
 pub async fn run(shared: Arc<Shared>, url: String) {
     let mut backoff = Duration::from_millis(100);
     let stream = loop {
-        match open_stream(&url).await {
-            Ok(stream) => break stream,
+        match kv_events_stream(&url).await {
+            Ok((_, stream)) => break stream,
             Err(e) => {
                 tracing::warn!(error = %e, "KV events: NATS JetStream not reachable yet; retrying");
                 tokio::time::sleep(backoff).await;
@@ -50,18 +48,6 @@ pub async fn run(shared: Arc<Shared>, url: String) {
             tokio::spawn(consume(shared.clone(), stream.clone(), index, rank));
         }
     }
-}
-
-async fn open_stream(url: &str) -> Result<stream::Stream, Box<dyn std::error::Error + Send + Sync>> {
-    let js = jetstream::new(async_nats::connect(url).await?);
-    let config = stream::Config {
-        name: NATS_KV_EVENTS_STREAM.into(),
-        subjects: vec![NATS_KV_EVENTS_SUBJECTS.into()],
-        max_bytes: NATS_KV_EVENTS_MAX_BYTES,
-        discard: stream::DiscardPolicy::Old,
-        ..Default::default()
-    };
-    Ok(js.get_or_create_stream(config).await?)
 }
 
 /// One worker rank's events, from the stream's beginning; again from the beginning whenever

@@ -12,7 +12,6 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod http_push;
-pub mod nats_push;
 mod metrics;
 mod openai;
 pub mod publisher;
@@ -151,7 +150,7 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
                 pushers.push(http_push::spawn(h.url.clone(), kvroute_protocol::Worker::new(h.worker_id, r)));
             }
             if let Some(n) = &config.kv_events_nats {
-                pushers.push(nats_push::spawn(n.url.clone(), kvroute_protocol::Worker::new(n.worker_id, r)));
+                pushers.push(kvroute_nats::spawn_kv_event_publisher(n.url.clone(), kvroute_protocol::Worker::new(n.worker_id, r)));
             }
         }
         ranks.push(rank::spawn(r, Engine::new(config.engine.clone()), publisher, pushers));

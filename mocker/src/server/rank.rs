@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kvroute_protocol::events::KvCacheEventData;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
@@ -88,7 +89,7 @@ pub fn spawn(
     rank: u32,
     engine: Engine,
     publisher: Option<Publisher>,
-    json_pushers: Vec<mpsc::UnboundedSender<Vec<CacheEvent>>>,
+    json_pushers: Vec<mpsc::UnboundedSender<Vec<KvCacheEventData>>>,
 ) -> RankHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(engine.stats()));
@@ -100,7 +101,7 @@ async fn run(
     mut engine: Engine,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut publisher: Option<Publisher>,
-    json_pushers: Vec<mpsc::UnboundedSender<Vec<CacheEvent>>>,
+    json_pushers: Vec<mpsc::UnboundedSender<Vec<KvCacheEventData>>>,
     stats: Arc<Mutex<EngineStats>>,
 ) {
     let block_size = engine.config().block_size as u32;
@@ -149,9 +150,7 @@ async fn run(
             if let Some(p) = publisher.as_mut() {
                 p.publish(&events, block_size).await;
             }
-            for push in &json_pushers {
-                let _ = push.send(events.clone());
-            }
+            push_json(&json_pushers, &events);
         }
         if !engine.has_work() {
             continue;
@@ -165,11 +164,7 @@ async fn run(
         if let Some(p) = publisher.as_mut() {
             p.publish(&pass.events, block_size).await;
         }
-        if !pass.events.is_empty() {
-            for push in &json_pushers {
-                let _ = push.send(pass.events.clone());
-            }
-        }
+        push_json(&json_pushers, &pass.events);
         for admission in &pass.admitted {
             if let Some(l) = listeners.get(&admission.request) {
                 let _ = l.send(RankEvent::Admitted { cached_tokens: admission.cached_tokens });
@@ -188,5 +183,16 @@ async fn run(
             }
         }
         *stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats();
+    }
+}
+
+/// A pass's events, in Dynamo's JSON form, to every JSON pusher (HTTP, NATS).
+fn push_json(pushers: &[mpsc::UnboundedSender<Vec<KvCacheEventData>>], events: &[CacheEvent]) {
+    if pushers.is_empty() || events.is_empty() {
+        return;
+    }
+    let data = super::http_push::to_event_data(events);
+    for push in pushers {
+        let _ = push.send(data.clone());
     }
 }
