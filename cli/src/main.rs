@@ -5,6 +5,7 @@
 
 mod envoy;
 mod global_router;
+mod kv_relay;
 mod kv_router;
 mod mocker;
 mod replay;
@@ -46,6 +47,9 @@ enum Command {
     /// (best_worker, potential_loads, lifecycle, events), proxying OpenAI requests to the
     /// worker holding the most of their prefix, fed by the workers' ZMQ KV events.
     KvRouter(kv_router::KvRouterArgs),
+    /// Relay one worker's ZMQ KV events (vLLM, SGLang, the mocker) onto NATS JetStream, for
+    /// routers started with --kv-events-nats.
+    KvRelay(kv_relay::KvRelayArgs),
     /// Run the global router: picks the pool (router group) for each request by a pool-select
     /// policy (KV overlap probed from every group, grid, weights, least loaded), forwards it,
     /// streams the answer back, and retries on the next pool when one fails before answering.
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replay(args) => replay::run_replay(args),
         Command::Mocker(args) => runtime()?.block_on(mocker::run(args)),
         Command::KvRouter(args) => runtime()?.block_on(kv_router::run(args)),
+        Command::KvRelay(args) => runtime()?.block_on(kv_relay::run(args)),
         Command::Up(args) => runtime()?.block_on(up::run(args)),
         Command::GlobalRouter(args) => runtime()?.block_on(global_router::run(args)),
     }

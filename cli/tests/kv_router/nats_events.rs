@@ -1,6 +1,7 @@
-//! KV events over NATS JetStream: a mocker publishes them on the stream, a router with no
-//! connection to the worker's ZMQ socket indexes them, and a router started later rebuilds the
-//! same index from the stream's history.
+//! KV events over NATS JetStream: a mocker publishes them on the stream (or `kvroute kv-relay`
+//! forwards its ZMQ events there, as for a vLLM worker), a router with no connection to the
+//! worker's ZMQ socket indexes them, and a router started later rebuilds the same index from
+//! the stream's history.
 
 use std::time::Duration;
 
@@ -55,5 +56,40 @@ async fn events_published_on_jetstream_reach_routers_started_before_and_after() 
     assert!(!expected.as_array().unwrap().is_empty());
     let rebuilt = support::eventually(Duration::from_secs(10), || async { (dump(&client, &late).await == expected).then_some(()) }).await;
     assert!(rebuilt.is_some(), "the late router's index differs: {} vs {}", dump(&client, &late).await, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_relay_forwards_a_workers_zmq_events_to_routers_on_jetstream() {
+    let Some(nats) = support::nats_server() else { return };
+    let dir = std::env::temp_dir().join(format!("kvroute-nats-relay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A worker that publishes on ZMQ only, as vLLM does; the relay puts its events on NATS.
+    let mocker = support::mocker(&["--block-size", "16", "--speedup-ratio", "10"]);
+    let worker_id = WORKER_ID.to_string();
+    let (events, replay) = (mocker.kv_events(0), mocker.kv_replay(0));
+    let relay = support::spawn(&["kv-relay", "--worker-id", &worker_id, "--zmq", &events, "--zmq-replay", &replay, "--nats", &nats.url, "--block-size", "16"]);
+    assert_eq!(relay.ready["kv_relay"]["subjects"][0], format!("kvroute.kv_events.{WORKER_ID}.0"));
+    let router = router(&mocker, &nats.url, &dir, "relayed");
+    // And a router subscribed to the worker's ZMQ socket itself (and its replay socket, so
+    // nothing published before it subscribed is missed), to compare with.
+    let file = dir.join("direct.yaml");
+    let config = format!("block_size: 16\nworkers:\n  - {{url: {}, kv_events: [{}], kv_replay: [{}]}}\n", mocker.http(), mocker.kv_events(0), mocker.kv_replay(0));
+    std::fs::write(&file, config).unwrap();
+    let direct = support::spawn(&["kv-router", "--http-port", "0", "--config", file.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let prompt: Vec<u32> = (0..1000).map(|i| i % 2000 + 3).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 2});
+    let first = client.post(format!("{}/v1/completions", router.router_http())).json(&body).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    first.bytes().await.unwrap();
+    let indexed = support::eventually(Duration::from_secs(10), || async { (cached_blocks(&client, &router).await >= 62).then_some(()) }).await;
+    assert!(indexed.is_some(), "the router never indexed the relayed blocks ({})", cached_blocks(&client, &router).await);
+    // The relayed index holds what the direct one does (the worker ids differ: 11 here, a hash
+    // of the URL there).
+    let contents = |dump: Value| -> Vec<Value> { dump.as_array().unwrap().iter().map(|e| e["event"]["data"].clone()).collect() };
+    let expected = contents(dump(&client, &router).await);
+    let same = support::eventually(Duration::from_secs(10), || async { (contents(dump(&client, &direct).await) == expected).then_some(()) }).await;
+    assert!(same.is_some(), "relayed and direct indexes differ: {expected:?} vs {:?}", contents(dump(&client, &direct).await));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,10 @@
 //! - a jump back means the publisher restarted (its cache is new): the entries are cleared.
 //!
 //! The socket is re-created when the worker comes back after a failed health check.
+//!
+//! Following a stream ([`follow`]) is separate from what is done with it ([`EventSink`]): the
+//! router applies the events to its index; `kvroute kv-relay` ([`super::relay`]) publishes
+//! them on NATS.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,22 +23,77 @@ use bytes::Bytes;
 use kvroute_protocol::events::zmq::{decode_multipart, decode_payload, ConvertError, EventBatch};
 use kvroute_protocol::events::{KvCacheEventData, RouterEvent};
 use kvroute_protocol::{HashSeed, Worker};
+use tokio::sync::watch;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use super::Shared;
+
+/// What a followed stream of KV events feeds.
+pub(crate) trait EventSink {
+    /// A batch of `worker`'s events, in order, none twice.
+    fn batch(&self, worker: Worker, batch: &EventBatch);
+    /// `worker`'s history is broken (events lost for good, or the publisher restarted): what
+    /// was built from it must go.
+    fn clear(&self, worker: Worker);
+    /// A message arrived that could not be decoded.
+    fn undecodable(&self, worker: Worker) {
+        let _ = worker;
+    }
+    /// A sequence gap was seen (`filled`: the replay socket had the missing messages).
+    fn gap(&self, worker: Worker, filled: bool) {
+        let _ = (worker, filled);
+    }
+}
+
+/// The router's sink: its index.
+impl EventSink for Shared {
+    fn batch(&self, worker: Worker, batch: &EventBatch) {
+        apply(self, worker, batch);
+    }
+
+    fn clear(&self, worker: Worker) {
+        let _ = self.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+    }
+
+    fn undecodable(&self, worker: Worker) {
+        self.metrics.events_rejected.with_label_values(&[&worker.worker_id.to_string(), "decode"]).inc();
+    }
+
+    fn gap(&self, worker: Worker, filled: bool) {
+        let label = worker.worker_id.to_string();
+        self.metrics.event_gaps.with_label_values(&[&label]).inc();
+        if !filled {
+            self.metrics.event_resyncs.with_label_values(&[&label]).inc();
+        }
+    }
+}
 
 /// Subscribe to `endpoint` for `workers[index]`'s `rank`, forever.
 pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: String) {
     let w = &shared.workers[index];
     let worker = Worker::new(w.worker_id, rank);
     let replay_endpoint = w.spec.replay_endpoint(rank);
-    let mut reconnect = w.reconnect.subscribe();
+    let reconnect = w.reconnect.subscribe();
+    let topic = shared.config.kv_events_topic.clone();
+    follow(&*shared, worker, endpoint, replay_endpoint, &topic, reconnect).await
+}
+
+/// Follow one publisher's stream for `worker` into `sink`, forever (until `reconnect`'s sender
+/// is gone); each change of `reconnect` subscribes again from scratch.
+pub(crate) async fn follow(
+    sink: &impl EventSink,
+    worker: Worker,
+    endpoint: String,
+    replay_endpoint: Option<String>,
+    topic: &str,
+    mut reconnect: watch::Receiver<u64>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut socket = SubSocket::new();
         let connected = async {
             socket.connect(&endpoint).await?;
-            socket.subscribe(&shared.config.kv_events_topic).await
+            socket.subscribe(topic).await
         }
         .await;
         if let Err(e) = connected {
@@ -46,7 +105,7 @@ pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: S
         backoff = Duration::from_millis(100);
         tracing::info!(%worker, %endpoint, "subscribed to KV events");
         let mut stream = StreamState { worker, replay_endpoint: replay_endpoint.clone(), expected: None, duplicates_below: 0 };
-        stream.catch_up(&shared).await;
+        stream.catch_up(sink).await;
         loop {
             tokio::select! {
                 changed = reconnect.changed() => {
@@ -55,7 +114,7 @@ pub async fn subscribe(shared: Arc<Shared>, index: usize, rank: u32, endpoint: S
                     break;
                 }
                 message = socket.recv() => match message {
-                    Ok(m) => stream.handle(&shared, m).await,
+                    Ok(m) => stream.handle(sink, m).await,
                     Err(e) => {
                         tracing::warn!(%worker, error = %e, "KV event socket failed; reconnecting");
                         break;
@@ -79,7 +138,7 @@ struct StreamState {
 impl StreamState {
     /// Right after subscribing: take whatever the publisher published before we could hear it,
     /// if its buffer still starts at the beginning (a new or restarted worker).
-    async fn catch_up(&mut self, shared: &Shared) {
+    async fn catch_up(&mut self, sink: &impl EventSink) {
         let Some(endpoint) = &self.replay_endpoint else { return };
         let Some(batches) = replay(endpoint, 0, u64::MAX).await else { return };
         if batches.is_empty() {
@@ -87,19 +146,19 @@ impl StreamState {
         }
         tracing::info!(worker = %self.worker, messages = batches.len(), "caught up on KV events published before subscribing");
         for batch in &batches {
-            apply(shared, self.worker, batch);
+            sink.batch(self.worker, batch);
         }
         self.expected = Some(batches.len() as u64);
         self.duplicates_below = batches.len() as u64;
     }
 
-    async fn handle(&mut self, shared: &Shared, message: ZmqMessage) {
+    async fn handle(&mut self, sink: &impl EventSink, message: ZmqMessage) {
         let worker = self.worker;
         let frames: Vec<Bytes> = message.into_vec();
         let decoded = match decode_multipart(&frames) {
             Ok(d) => d,
             Err(e) => {
-                shared.metrics.events_rejected.with_label_values(&[&worker.worker_id.to_string(), "decode"]).inc();
+                sink.undecodable(worker);
                 tracing::warn!(%worker, error = %e, "undecodable KV event message dropped");
                 return;
             }
@@ -110,33 +169,32 @@ impl StreamState {
         self.duplicates_below = 0;
         match self.expected {
             Some(next) if decoded.seq > next => {
-                shared.metrics.event_gaps.with_label_values(&[&worker.worker_id.to_string()]).inc();
                 tracing::warn!(%worker, missing_from = next, got = decoded.seq, "KV event gap: asking the replay socket");
                 let replayed = match &self.replay_endpoint {
                     Some(endpoint) => replay(endpoint, next, decoded.seq).await,
                     None => None,
                 };
+                sink.gap(worker, replayed.is_some());
                 match replayed {
                     Some(batches) => {
                         for batch in &batches {
-                            apply(shared, worker, batch);
+                            sink.batch(worker, batch);
                         }
                     }
                     None => {
-                        tracing::warn!(%worker, "missed KV events are gone: clearing this worker's index entries");
-                        shared.metrics.event_resyncs.with_label_values(&[&worker.worker_id.to_string()]).inc();
-                        let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+                        tracing::warn!(%worker, "missed KV events are gone: clearing what was built from this worker's");
+                        sink.clear(worker);
                     }
                 }
             }
             Some(next) if decoded.seq < next => {
                 tracing::info!(%worker, seq = decoded.seq, "KV event sequence restarted (publisher restarted): clearing");
-                let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+                sink.clear(worker);
             }
             _ => {}
         }
         self.expected = Some(decoded.seq + 1);
-        apply(shared, worker, &decoded.batch);
+        sink.batch(worker, &decoded.batch);
     }
 }
 

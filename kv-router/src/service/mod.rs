@@ -9,6 +9,7 @@
 //!   and release the request's load however it ends (a guard frees it on drop);
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
 //! - `nats_events`: or the same events from NATS JetStream, replayed from the stream;
+//! - [`relay`]: `kvroute kv-relay`, a worker's ZMQ events onto NATS JetStream;
 //! - `health`: periodic health checks that take failing workers out and put them back;
 //! - `replica_sync`: the other replicas of the router group, over NATS (when configured);
 //! - `metrics`: Prometheus metrics.
@@ -22,6 +23,7 @@ mod generate;
 mod health;
 mod metrics;
 mod nats_events;
+pub mod relay;
 mod replica_sync;
 
 use std::net::SocketAddr;
