@@ -116,16 +116,20 @@ where
     }
 }
 
-/// A kv-router on an ephemeral port in front of `workers` (subscribed to their KV events).
+/// A kv-router on an ephemeral port in front of `workers` (subscribed to their KV events and
+/// told where their replay sockets are, so it misses nothing published before it subscribed).
 pub fn kv_router(workers: &[&Process], extra: &[&str]) -> Process {
-    let specs: Vec<String> = workers.iter().map(|w| format!("{}@{}", w.http(), w.kv_events(0))).collect();
-    let mut args: Vec<&str> = vec!["kv-router", "--http-port", "0", "--health-interval-ms", "200"];
-    for s in &specs {
-        args.push("--worker");
-        args.push(s);
-    }
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("kvroute-test-router-{}-{n}.yaml", std::process::id()));
+    let entries: Vec<String> =
+        workers.iter().map(|w| format!("  - {{url: {}, kv_events: [{}], kv_replay: [{}]}}\n", w.http(), w.kv_events(0), w.kv_replay(0))).collect();
+    std::fs::write(&file, format!("workers:\n{}", entries.concat())).expect("router config written");
+    let mut args: Vec<&str> = vec!["kv-router", "--http-port", "0", "--health-interval-ms", "200", "--config", file.to_str().expect("utf-8 path")];
     args.extend_from_slice(extra);
-    spawn(&args)
+    let router = spawn(&args);
+    let _ = std::fs::remove_file(&file);
+    router
 }
 
 impl Process {
