@@ -21,10 +21,11 @@ pub struct KvRouterArgs {
     /// YAML file with any of the settings below (snake_case keys) and the `workers` list.
     #[arg(long, env = "KVROUTE_CONFIG")]
     config: Option<PathBuf>,
-    /// A worker: its OpenAI base URL, then `@` and its ZMQ KV-event endpoint(s), one per dp rank,
-    /// comma-separated. Repeat for each worker.
-    /// Example: --worker http://127.0.0.1:8001@tcp://127.0.0.1:5557
-    #[arg(long = "worker", value_name = "URL[@TCP,...]")]
+    /// A worker: optionally its id and `=` (default: a hash of the URL; give it when its events
+    /// come over NATS, whose subjects name it), its OpenAI base URL, then `@` and its ZMQ
+    /// KV-event endpoint(s), one per dp rank, comma-separated. Repeat for each worker.
+    /// Examples: --worker http://127.0.0.1:8001@tcp://127.0.0.1:5557, --worker 7=http://10.0.0.7:8000
+    #[arg(long = "worker", value_name = "[ID=]URL[@TCP,...]")]
     workers: Vec<String>,
     /// kv (cost over KV overlap and load), round-robin, random or least-loaded. Default: kv.
     /// [env: DYN_ROUTER_MODE]
@@ -93,8 +94,8 @@ pub struct KvRouterArgs {
     /// Take the KV events of workers listed without a ZMQ endpoint from this NATS server's
     /// JetStream (nats://host:port; subjects kvroute.kv_events.<worker id>.<dp rank>, as
     /// `kvroute mocker --kv-events-nats` publishes them). A router started later replays each
-    /// worker's history from the stream. Worker ids must match the publishers' (set
-    /// `worker_id` in the --config file's workers).
+    /// worker's history from the stream. Worker ids must match the publishers' (--worker
+    /// ID=URL, or `worker_id` in the --config file's workers).
     #[arg(long, value_name = "NATS_URL", env = "KVROUTE_KV_EVENTS_NATS")]
     kv_events_nats: Option<String>,
     /// Milliseconds between replica sync heartbeats; a replica silent for three is taken to be
@@ -150,16 +151,23 @@ where
     Ok(None)
 }
 
-/// `URL[@tcp://...,tcp://...]` → a worker.
+/// `[ID=]URL[@tcp://...,tcp://...]` → a worker.
 pub fn parse_worker(s: &str) -> anyhow::Result<WorkerSpec> {
     let (url, events) = match s.split_once('@') {
         Some((url, events)) => (url, events.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect()),
         None => (s, Vec::new()),
     };
+    let (worker_id, url) = match url.split_once('=') {
+        Some((id, rest)) if !id.contains(':') => {
+            let id: u64 = id.parse().map_err(|_| anyhow::anyhow!("--worker {s:?}: the id before '=' must be a u64, got {id:?}"))?;
+            (Some(id), rest)
+        }
+        _ => (None, url),
+    };
     if url.is_empty() {
         bail!("--worker {s:?}: missing URL");
     }
-    Ok(WorkerSpec { kv_events: events, ..WorkerSpec::new(url) })
+    Ok(WorkerSpec { kv_events: events, worker_id, ..WorkerSpec::new(url) })
 }
 
 fn load_file(path: &Path) -> anyhow::Result<RouterFile> {
@@ -275,6 +283,10 @@ mod tests {
         assert_eq!(w.kv_events.len(), 2);
         assert!(parse_worker("@tcp://x:1").is_err());
         assert!(parse_worker("http://a:1").unwrap().kv_events.is_empty());
+        let with_id = parse_worker("7=http://10.0.0.7:8000").unwrap();
+        assert_eq!((with_id.worker_id, with_id.url.as_str(), with_id.id()), (Some(7), "http://10.0.0.7:8000", 7));
+        assert_eq!(parse_worker("http://a:1/x?y=z").unwrap().worker_id, None, "an '=' after the scheme is the URL's");
+        assert!(parse_worker("seven=http://a:1").unwrap_err().to_string().contains("must be a u64"));
     }
 
     #[test]
