@@ -4,7 +4,7 @@
 //!   ([`NATS_KV_EVENTS_STREAM`], subjects `kvroute.kv_events.<worker_id>.<dp_rank>`, see
 //!   [`nats_kv_events_subject`]), created by whichever side comes first;
 //! - [`spawn_kv_event_publisher`]: one worker rank's events onto its subject, in order, as
-//!   Dynamo-JSON [`RouterEvent`](kvroute_protocol::events::RouterEvent) arrays with event ids
+//!   Dynamo-JSON `RouterEvent` arrays with event ids
 //!   counting from 0 (the rank's earlier history is purged first: a new engine's cache is empty).
 //!
 //! Plain `nats://` connections (no TLS crypto provider is built in).

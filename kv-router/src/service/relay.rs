@@ -3,7 +3,7 @@
 //! stream (`kv-router --kv-events-nats`) need no connection to the worker — Dynamo's
 //! arrangement, where a publisher beside each engine forwards its events to NATS.
 //!
-//! Per dp rank: the same ZMQ following as the router's ([`super::events::follow`]: catch-up
+//! Per dp rank: the same ZMQ following as the router's (`service::events`: catch-up
 //! from the replay socket, gaps filled from it) feeding a [`kvroute_nats`] publisher. Blocks'
 //! token ids become local hashes here, at the router's block size, so the stream carries
 //! Dynamo's JSON form. A history that breaks (events lost for good, the engine restarted) is
