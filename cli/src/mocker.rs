@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use kvroute_mocker::server::{self, EventPushConfig, KvEventsConfig, ServerConfig};
+use kvroute_mocker::server::{self, EventPushConfig, KvEventsConfig, NatsPushConfig, ServerConfig};
+use kvroute_nats::PublisherOptions;
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
 use kvroute_tokenizer::{ChatTemplate, Tokenizer};
@@ -73,6 +74,12 @@ pub struct MockerArgs {
     /// started with --kv-events-nats need no connection to this worker.
     #[arg(long, value_name = "NATS_URL", env = "KVROUTE_KV_EVENTS_NATS", requires = "worker_id")]
     kv_events_nats: Option<String>,
+    /// --kv-events-nats: compact this worker's history on the stream into a snapshot of its
+    /// cache once this many blocks were stored or removed since the last one (and at least
+    /// twice as many as the cache holds); 0: never (the stream then drops the oldest events
+    /// at its size limit, and routers that start later miss those blocks).
+    #[arg(long, env = "KVROUTE_KV_EVENTS_NATS_SNAPSHOT_AFTER", default_value_t = 100_000)]
+    kv_events_nats_snapshot_after: u64,
     /// This worker's id in the routers' configuration (for --kv-events-http-url and
     /// --kv-events-nats).
     #[arg(long, env = "KVROUTE_WORKER_ID")]
@@ -116,7 +123,11 @@ impl MockerArgs {
             default_max_tokens: self.default_max_tokens,
             max_body_bytes: self.max_body_bytes,
             kv_events_http: self.kv_events_http_url.clone().map(|url| EventPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
-            kv_events_nats: self.kv_events_nats.clone().map(|url| EventPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
+            kv_events_nats: self.kv_events_nats.clone().map(|url| NatsPushConfig {
+                url,
+                worker_id: self.worker_id.unwrap_or(0),
+                options: PublisherOptions { snapshot_after_blocks: Some(self.kv_events_nats_snapshot_after).filter(|&n| n > 0) },
+            }),
         }
     }
 

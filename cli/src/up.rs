@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kvroute_kv_router::select::{CostModel, KvRouterConfig, RouterMode};
 use kvroute_kv_router::service::{self, ReplicaSyncConfig, ServiceConfig, WorkerSpec};
-use kvroute_mocker::server::{self as mocker, EventPushConfig, KvEventsConfig, ServerConfig};
+use kvroute_mocker::server::{self as mocker, KvEventsConfig, NatsPushConfig, ServerConfig};
 use kvroute_protocol::events::nats_kv_events_subject;
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
@@ -205,7 +205,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 default_max_tokens: 16,
                 max_body_bytes: 64 << 20,
                 kv_events_http: None,
-                kv_events_nats: stack.kv_events_nats.clone().map(|url| EventPushConfig { url, worker_id: next_worker_id }),
+                kv_events_nats: stack.kv_events_nats.clone().map(|url| NatsPushConfig { url, worker_id: next_worker_id, options: Default::default() }),
             };
             let running = mocker::start(config, tokenizer.clone()).await.with_context(|| format!("starting a mocker of pool {}", pool.name))?;
             let url = format!("http://{}", running.http_addr);

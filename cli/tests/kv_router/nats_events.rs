@@ -93,3 +93,62 @@ async fn a_relay_forwards_a_workers_zmq_events_to_routers_on_jetstream() {
     assert!(same.is_some(), "relayed and direct indexes differ: {expected:?} vs {:?}", contents(dump(&client, &direct).await));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn applied(client: &reqwest::Client, router: &Process) -> f64 {
+    support::metric(client, &router.router_http(), &format!("kvroute_router_kv_events_applied_total{{worker=\"{WORKER_ID}\"}}")).await
+}
+
+#[tokio::test]
+async fn a_compacted_history_rebuilds_the_same_index_from_fewer_events() {
+    let Some(nats) = support::nats_server() else { return };
+    let dir = std::env::temp_dir().join(format!("kvroute-nats-snapshot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let worker_id = WORKER_ID.to_string();
+    // A small cache (160 blocks) that evicts, and a snapshot once 50 blocks have changed (and
+    // twice what the cache holds).
+    let mocker = support::mocker(&[
+        "--block-size", "16", "--speedup-ratio", "10", "--num-gpu-blocks", "160", "--worker-id", &worker_id,
+        "--kv-events-nats", &nats.url, "--kv-events-nats-snapshot-after", "50",
+    ]);
+    let early = router(&mocker, &nats.url, &dir, "early");
+    let client = reqwest::Client::new();
+    for salt in 0..8u32 {
+        let prompt: Vec<u32> = (0..1000).map(|i| (i * 7 + salt * 1009) % 3000 + 3).collect();
+        let r = client.post(format!("{}/v1/completions", early.router_http())).json(&json!({"prompt": prompt, "max_tokens": 2})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.bytes().await.unwrap();
+    }
+    // The early router followed every event (and skipped the snapshots: it held their blocks).
+    let cached: Value = client.get(format!("{}/debug/kv_blocks", mocker.http())).send().await.unwrap().json().await.unwrap();
+    let on_worker = cached["ranks"][0]["blocks"].as_array().map_or(0, Vec::len) as u64;
+    assert!(on_worker > 0, "{cached}");
+    let settled = support::eventually(Duration::from_secs(10), || async { (cached_blocks(&client, &early).await == on_worker).then_some(()) }).await;
+    assert!(settled.is_some(), "early router: {} blocks, worker {on_worker}", cached_blocks(&client, &early).await);
+    // A router started now reads the snapshot and what followed: the same index, from fewer
+    // events than the whole history.
+    let late = router(&mocker, &nats.url, &dir, "late");
+    let expected = blocks_of(dump(&client, &early).await);
+    assert_eq!(expected.len() as u64, on_worker);
+    let same = support::eventually(Duration::from_secs(10), || async { (blocks_of(dump(&client, &late).await) == expected).then_some(()) }).await;
+    assert!(same.is_some(), "late router's index differs: {:?} vs {expected:?}", blocks_of(dump(&client, &late).await));
+    let (all, replayed) = (applied(&client, &early).await, applied(&client, &late).await);
+    assert!(replayed < all, "the late router applied {replayed} events, the whole history is {all}: nothing was compacted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A dump as (parent, block, content hash) per block, sorted: the same blocks in the same
+/// places, however the events that stored them were cut.
+fn blocks_of(dump: Value) -> Vec<(Option<u64>, u64, u64)> {
+    let mut blocks = Vec::new();
+    for event in dump.as_array().unwrap() {
+        let stored = &event["event"]["data"]["stored"];
+        let mut parent = stored["parent_hash"].as_u64();
+        for b in stored["blocks"].as_array().into_iter().flatten() {
+            let hash = b["block_hash"].as_u64().unwrap();
+            blocks.push((parent, hash, b["tokens_hash"].as_u64().unwrap()));
+            parent = Some(hash);
+        }
+    }
+    blocks.sort_unstable();
+    blocks
+}

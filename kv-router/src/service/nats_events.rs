@@ -12,7 +12,8 @@
 //!   an empty one) and counted.
 //!
 //! When a worker comes back after failing its health checks, its consumer starts over from the
-//! stream's beginning, rebuilding what was dropped.
+//! stream's beginning, rebuilding what was dropped. Publishers compact their history into
+//! snapshots (see `kvroute_nats`), which a consumer that is already following skips.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -85,7 +86,10 @@ async fn consume(shared: Arc<Shared>, stream: stream::Stream, index: usize, rank
                     break;
                 }
                 message = messages.next() => match message {
-                    Some(Ok(m)) => handle(&shared, worker, &mut expected, &m.payload),
+                    Some(Ok(m)) => {
+                        let snapshot = m.headers.as_ref().is_some_and(|h| h.get(kvroute_nats::SNAPSHOT_HEADER).is_some());
+                        handle(&shared, worker, &mut expected, &m.payload, snapshot)
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(%worker, error = %e, "KV events: NATS consumer failed; starting over");
                         break;
@@ -99,7 +103,10 @@ async fn consume(shared: Arc<Shared>, stream: stream::Stream, index: usize, rank
     }
 }
 
-fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: &[u8]) {
+/// Apply one message. A snapshot's messages re-state the worker's cache: a consumer that has
+/// followed every event up to them already holds the same blocks and skips them; one that
+/// starts from them (the history before was purged) or missed events applies them.
+fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: &[u8], snapshot: bool) {
     let label = worker.worker_id.to_string();
     let events = match parse_router_events(payload) {
         Ok(e) => e,
@@ -114,6 +121,14 @@ fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: 
     if shared.worker(worker.worker_id).is_some_and(|w| !w.healthy.load(Ordering::SeqCst)) {
         return;
     }
+    if snapshot {
+        if let (Some(next), Some(first), Some(last)) = (*expected, events.first(), events.last()) {
+            if first.event.event_id == next {
+                *expected = Some(last.event.event_id + 1);
+                return;
+            }
+        }
+    }
     let mut router = shared.router();
     for ev in &events {
         if ev.worker() != worker {
@@ -123,6 +138,7 @@ fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: 
         }
         let id = ev.event.event_id;
         match *expected {
+            _ if snapshot => {} // a re-statement: it begins with `cleared`
             None if id > 0 => {
                 shared.metrics.event_gaps.with_label_values(&[&label]).inc();
                 tracing::warn!(%worker, first_event_id = id, "the stream no longer holds this worker's first KV events: blocks stored before them are unknown until its cache turns over");

@@ -56,17 +56,28 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Also push KV events in Dynamo's JSON form to this router (`POST <url>/events`).
     pub kv_events_http: Option<EventPushConfig>,
-    /// Also publish KV events in Dynamo's JSON form on NATS JetStream (the `url` is a NATS
-    /// server's; subjects `kvroute.kv_events.<worker_id>.<dp_rank>`).
-    pub kv_events_nats: Option<EventPushConfig>,
+    /// Also publish KV events in Dynamo's JSON form on NATS JetStream (subjects
+    /// `kvroute.kv_events.<worker_id>.<dp_rank>`).
+    pub kv_events_nats: Option<NatsPushConfig>,
 }
 
-/// Dynamo-JSON KV events pushed to a router over HTTP, or published on NATS.
+/// Dynamo-JSON KV events on NATS JetStream.
 #[derive(Clone, Debug)]
-pub struct EventPushConfig {
-    /// The router's base URL (HTTP), or the NATS server's (`nats://host:port`).
+pub struct NatsPushConfig {
+    /// The NATS server (`nats://host:port`).
     pub url: String,
     /// This worker's id in the routers' configuration.
+    pub worker_id: u64,
+    /// When the publisher compacts the worker's history into a snapshot.
+    pub options: kvroute_nats::PublisherOptions,
+}
+
+/// Dynamo-JSON KV events pushed to a router over HTTP.
+#[derive(Clone, Debug)]
+pub struct EventPushConfig {
+    /// The router's base URL.
+    pub url: String,
+    /// This worker's id in the router's configuration.
     pub worker_id: u64,
 }
 
@@ -150,7 +161,7 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
                 pushers.push(http_push::spawn(h.url.clone(), kvroute_protocol::Worker::new(h.worker_id, r)));
             }
             if let Some(n) = &config.kv_events_nats {
-                pushers.push(kvroute_nats::spawn_kv_event_publisher(n.url.clone(), kvroute_protocol::Worker::new(n.worker_id, r)));
+                pushers.push(kvroute_nats::spawn_kv_event_publisher(n.url.clone(), kvroute_protocol::Worker::new(n.worker_id, r), n.options));
             }
         }
         ranks.push(rank::spawn(r, Engine::new(config.engine.clone()), publisher, pushers));
