@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use kvroute_kv_router::service::relay::{start_relay, RelayConfig};
+use kvroute_nats::PublisherOptions;
 
 #[derive(Args, Debug)]
 pub struct KvRelayArgs {
@@ -27,6 +28,11 @@ pub struct KvRelayArgs {
     /// The NATS server with JetStream (nats://host:port).
     #[arg(long, value_name = "NATS_URL", env = "KVROUTE_KV_EVENTS_NATS")]
     nats: String,
+    /// Compact each rank's history on the stream into a snapshot of its cache once this many
+    /// blocks were stored or removed since the last one (and at least twice as many as the
+    /// cache holds); 0: never.
+    #[arg(long, env = "KVROUTE_KV_EVENTS_NATS_SNAPSHOT_AFTER", default_value_t = 100_000)]
+    snapshot_after: u64,
 }
 
 pub async fn run(args: KvRelayArgs) -> anyhow::Result<()> {
@@ -37,6 +43,7 @@ pub async fn run(args: KvRelayArgs) -> anyhow::Result<()> {
         topic: args.kv_events_topic,
         block_size: args.block_size,
         nats_url: args.nats,
+        publisher: PublisherOptions { snapshot_after_blocks: Some(args.snapshot_after).filter(|&n| n > 0) },
     };
     let subjects = start_relay(config.clone()).context("starting the relay")?;
     println!("{}", serde_json::json!({"kv_relay": {"worker_id": config.worker_id, "subjects": subjects}}));

@@ -35,6 +35,8 @@ pub struct RelayConfig {
     pub block_size: u32,
     /// The NATS server (`nats://host:port`).
     pub nats_url: String,
+    /// When each rank's history on the stream is compacted into a snapshot.
+    pub publisher: kvroute_nats::PublisherOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +69,7 @@ pub fn start_relay(config: RelayConfig) -> Result<Vec<String>, RelayError> {
     let workers: Vec<Worker> = (0..config.kv_events.len() as u32).map(|r| Worker::new(config.worker_id, r)).collect();
     let sink = Arc::new(RelaySink {
         block_size: config.block_size as usize,
-        publishers: workers.iter().map(|&w| kvroute_nats::spawn_kv_event_publisher(config.nats_url.clone(), w, Default::default())).collect(),
+        publishers: workers.iter().map(|&w| kvroute_nats::spawn_kv_event_publisher(config.nats_url.clone(), w, config.publisher)).collect(),
     });
     for (&worker, endpoint) in workers.iter().zip(&config.kv_events) {
         let (sink, endpoint, replay, topic) = (sink.clone(), endpoint.clone(), spec.replay_endpoint(worker.dp_rank), config.topic.clone());
