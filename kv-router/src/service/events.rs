@@ -23,7 +23,7 @@ use bytes::Bytes;
 use kvroute_protocol::events::zmq::{decode_multipart, decode_payload, ConvertError, EventBatch};
 use kvroute_protocol::events::{KvCacheEventData, RouterEvent};
 use kvroute_protocol::{HashSeed, Worker};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use super::Shared;
@@ -104,6 +104,7 @@ pub(crate) async fn follow(
         }
         backoff = Duration::from_millis(100);
         tracing::info!(%worker, %endpoint, "subscribed to KV events");
+        let mut messages = receive_in_task(socket);
         let mut stream = StreamState { worker, replay_endpoint: replay_endpoint.clone(), expected: None, duplicates_below: 0 };
         stream.catch_up(sink).await;
         loop {
@@ -113,16 +114,43 @@ pub(crate) async fn follow(
                     tracing::info!(%worker, "worker came back: resubscribing");
                     break;
                 }
-                message = socket.recv() => match message {
-                    Ok(m) => stream.handle(sink, m).await,
-                    Err(e) => {
-                        tracing::warn!(%worker, error = %e, "KV event socket failed; reconnecting");
+                message = messages.recv() => match message {
+                    Some(m) => stream.handle(sink, m).await,
+                    None => {
+                        tracing::warn!(%worker, "KV event socket failed; reconnecting");
                         break;
                     }
                 },
             }
         }
     }
+}
+
+/// Receive from `socket` in a task of its own, handing the messages over a channel that
+/// closes when the socket fails. The zeromq crate's sockets panic (`todo!()`) on some peer
+/// failures; in their own task that ends the task, not the subscription (tokio keeps the
+/// panic in the task), and the caller reconnects.
+fn receive_in_task(mut socket: SubSocket) -> mpsc::Receiver<ZmqMessage> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return, // the subscription moved on
+                message = socket.recv() => match message {
+                    Ok(m) => {
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "KV event socket failed");
+                        return;
+                    }
+                },
+            }
+        }
+    });
+    rx
 }
 
 /// Where one subscription stands in the publisher's sequence.
@@ -235,10 +263,13 @@ fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
 
 /// Fetch messages `from..to` from a replay socket (`to = u64::MAX`: all it has); None if the
 /// range does not start at `from` or has holes, or if `to` is bounded and not reached.
+/// Runs in a task of its own: the zeromq crate's DEALER panics when the peer goes away
+/// mid-reply, which then reads as a failed replay.
 async fn replay(endpoint: &str, from: u64, to: u64) -> Option<Vec<EventBatch>> {
-    let fetch = async {
+    let endpoint = endpoint.to_owned();
+    let fetch = async move {
         let mut dealer = DealerSocket::new();
-        dealer.connect(endpoint).await.ok()?;
+        dealer.connect(&endpoint).await.ok()?;
         let mut request = ZmqMessage::from(Bytes::new());
         request.push_back(Bytes::copy_from_slice(&from.to_be_bytes()));
         dealer.send(request).await.ok()?;
@@ -262,5 +293,17 @@ async fn replay(endpoint: &str, from: u64, to: u64) -> Option<Vec<EventBatch>> {
         }
         (next == to || to == u64::MAX).then_some(batches)
     };
-    tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
+    let task = tokio::spawn(fetch);
+    let abort = task.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(2), task).await {
+        Ok(Ok(batches)) => batches,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "KV event replay socket failed");
+            None
+        }
+        Err(_) => {
+            abort.abort();
+            None
+        }
+    }
 }
