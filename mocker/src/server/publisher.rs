@@ -70,8 +70,8 @@ impl Publisher {
             .await
             .map_err(|source| BindError { what: "replay ROUTER", address: replay_address.to_owned(), source })?;
         let ring: Ring = Arc::new(Mutex::new(VecDeque::new()));
-        tokio::spawn(serve_replay(router, ring.clone()));
         let endpoints = PublisherEndpoints { events: tcp_address(&events), replay: tcp_address(&replay) };
+        tokio::spawn(supervise_replay(router, endpoints.replay.clone(), ring.clone()));
         let publisher = Publisher {
             socket,
             topic: Bytes::copy_from_slice(topic.as_bytes()),
@@ -128,6 +128,27 @@ impl Publisher {
         if let Err(e) = self.socket.send(message).await {
             tracing::warn!(error = %e, seq, "publishing KV events failed");
         }
+    }
+}
+
+/// Serve replay requests for good: the zeromq crate's ROUTER panics (`todo!()`) on some peer
+/// failures; the server then runs in a task of its own and is bound again at the same address.
+async fn supervise_replay(mut router: RouterSocket, address: String, ring: Ring) {
+    loop {
+        match tokio::spawn(serve_replay(router, ring.clone())).await {
+            Ok(()) => return, // the socket closed
+            Err(e) => tracing::warn!(%address, error = %e, "replay socket failed; serving it again"),
+        }
+        router = loop {
+            let mut fresh = RouterSocket::new();
+            match fresh.bind(&address).await {
+                Ok(_) => break fresh,
+                Err(e) => {
+                    tracing::warn!(%address, error = %e, "cannot bind the replay socket again yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        };
     }
 }
 
