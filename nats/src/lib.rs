@@ -97,7 +97,7 @@ pub fn spawn_kv_event_publisher(url: String, worker: Worker, options: PublisherO
                 touched_since_snapshot += LiveBlocks::touched(e);
                 live.apply(e);
             }
-            let body = numbered(worker, &mut next_id, events);
+            let body = RouterEvent::numbered(worker, &mut next_id, events);
             if let Err(e) = publish(&js, &subject, &body, false).await {
                 // Routers see the hole in the event ids and start this worker's view over.
                 tracing::warn!(%subject, error = %e, "publishing KV events to NATS failed");
@@ -113,12 +113,6 @@ pub fn spawn_kv_event_publisher(url: String, worker: Worker, options: PublisherO
         }
     });
     tx
-}
-
-fn numbered(worker: Worker, next_id: &mut u64, events: Vec<KvCacheEventData>) -> Vec<RouterEvent> {
-    let body: Vec<RouterEvent> = events.into_iter().enumerate().map(|(i, data)| RouterEvent::new(worker, *next_id + i as u64, data)).collect();
-    *next_id += body.len() as u64;
-    body
 }
 
 /// Publish one message and wait for the stream to keep it; its stream sequence number.
@@ -145,7 +139,7 @@ async fn snapshot(
 ) -> Result<u64, Error> {
     let mut events = vec![KvCacheEventData::Cleared];
     events.extend(live.snapshot());
-    let body = numbered(worker, next_id, events);
+    let body = RouterEvent::numbered(worker, next_id, events);
     let mut first = None;
     for chunk in body.chunks(EVENTS_PER_MESSAGE) {
         let sequence = publish(js, subject, chunk, true).await?;

@@ -421,8 +421,7 @@ impl Simulation {
             return;
         }
         let state = &mut self.workers[w];
-        let converted = to_router_events(worker_of(w), state.next_event_id, events);
-        state.next_event_id += converted.len() as u64;
+        let converted = to_router_events(worker_of(w), &mut state.next_event_id, events);
         for e in &converted {
             self.stats.kv_events += 1;
             for (r, router) in self.groups[self.pool_of[w]].replicas.iter_mut().enumerate() {

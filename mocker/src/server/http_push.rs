@@ -32,13 +32,9 @@ pub fn to_event_data(events: &[CacheEvent]) -> Vec<KvCacheEventData> {
         .collect()
 }
 
-/// [`to_event_data`] attributed to `worker`, with ids from `first_event_id`.
-pub fn to_router_events(worker: Worker, first_event_id: u64, events: &[CacheEvent]) -> Vec<RouterEvent> {
-    numbered(worker, first_event_id, to_event_data(events))
-}
-
-fn numbered(worker: Worker, first_event_id: u64, data: Vec<KvCacheEventData>) -> Vec<RouterEvent> {
-    data.into_iter().enumerate().map(|(i, d)| RouterEvent::new(worker, first_event_id + i as u64, d)).collect()
+/// [`to_event_data`] attributed to `worker`, numbered from `*next_id`, which moves past them.
+pub fn to_router_events(worker: Worker, next_id: &mut u64, events: &[CacheEvent]) -> Vec<RouterEvent> {
+    RouterEvent::numbered(worker, next_id, to_event_data(events))
 }
 
 /// Start the pusher for one rank; send it each pass's events.
@@ -49,8 +45,7 @@ pub fn spawn(url: String, worker: Worker) -> mpsc::UnboundedSender<Vec<KvCacheEv
         let client = reqwest::Client::new();
         let mut next_id = 0u64;
         while let Some(events) = rx.recv().await {
-            let body = numbered(worker, next_id, events);
-            next_id += body.len() as u64;
+            let body = RouterEvent::numbered(worker, &mut next_id, events);
             match client.post(&endpoint).json(&body).send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => tracing::warn!(status = %r.status(), %endpoint, "router refused pushed KV events"),

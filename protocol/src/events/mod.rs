@@ -56,6 +56,14 @@ impl RouterEvent {
     pub fn worker(&self) -> Worker {
         Worker::new(self.worker_id, self.event.dp_rank)
     }
+
+    /// `worker`'s events in order, numbered from `*next_id`, which moves past them (how a
+    /// publisher keeps its event ids consecutive).
+    pub fn numbered(worker: Worker, next_id: &mut u64, events: Vec<KvCacheEventData>) -> Vec<RouterEvent> {
+        let first = *next_id;
+        *next_id += events.len() as u64;
+        events.into_iter().enumerate().map(|(i, data)| RouterEvent::new(worker, first + i as u64, data)).collect()
+    }
 }
 
 /// One event of one worker's cache.
@@ -116,6 +124,17 @@ pub fn parse_router_events(body: &[u8]) -> Result<Vec<RouterEvent>, serde_json::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_events_continue_where_the_last_batch_stopped() {
+        let w = Worker::new(3, 1);
+        let mut next = 5;
+        let first = RouterEvent::numbered(w, &mut next, vec![KvCacheEventData::Cleared, KvCacheEventData::Cleared]);
+        let second = RouterEvent::numbered(w, &mut next, vec![KvCacheEventData::Cleared]);
+        let ids: Vec<u64> = first.iter().chain(&second).map(|e| e.event.event_id).collect();
+        assert_eq!((ids, next), (vec![5, 6, 7], 8));
+        assert!(first.iter().all(|e| e.worker() == w));
+    }
 
     #[test]
     fn json_form_matches_wire_formats_doc() {
