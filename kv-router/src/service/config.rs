@@ -45,14 +45,20 @@ impl WorkerSpec {
 
     /// The replay endpoint of `rank`: configured, else the events port + 1.
     pub fn replay_endpoint(&self, rank: u32) -> Option<String> {
-        if let Some(e) = self.kv_replay.get(rank as usize) {
-            return Some(e.clone());
-        }
-        let events = self.kv_events.get(rank as usize)?;
-        let (host, port) = events.rsplit_once(':')?;
-        let port: u16 = port.parse().ok()?;
-        Some(format!("{host}:{}", port.checked_add(1)?))
+        replay_endpoint(&self.kv_events, &self.kv_replay, rank)
     }
+}
+
+/// The replay endpoint of `rank` among a worker's ZMQ endpoints: `kv_replay[rank]` if given,
+/// else its events port + 1 (vLLM's convention).
+pub fn replay_endpoint(kv_events: &[String], kv_replay: &[String], rank: u32) -> Option<String> {
+    if let Some(e) = kv_replay.get(rank as usize) {
+        return Some(e.clone());
+    }
+    let events = kv_events.get(rank as usize)?;
+    let (host, port) = events.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{host}:{}", port.checked_add(1)?))
 }
 
 /// Everything one kv-router process needs.
