@@ -25,6 +25,7 @@ use kvroute_nats::{kv_events_stream, nats_kv_events_subject};
 use kvroute_protocol::events::{parse_router_events, KvCacheEventData, RouterEvent};
 use kvroute_protocol::Worker;
 
+use super::events::EventSink;
 use super::Shared;
 
 /// Connect to `url` (retrying), then consume every configured worker rank that has no ZMQ
@@ -111,7 +112,7 @@ fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: 
     let events = match parse_router_events(payload) {
         Ok(e) => e,
         Err(e) => {
-            shared.metrics.events_rejected.with_label_values(&[&label, "decode"]).inc();
+            shared.undecodable(worker);
             tracing::warn!(%worker, error = %e, "undecodable KV event message on NATS dropped");
             return;
         }
@@ -148,8 +149,7 @@ fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: 
                 let _ = router.apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
             }
             Some(next) if id > next => {
-                shared.metrics.event_gaps.with_label_values(&[&label]).inc();
-                shared.metrics.event_resyncs.with_label_values(&[&label]).inc();
+                shared.gap(worker, false); // nothing to fill it from: counted as a resync too
                 tracing::warn!(%worker, missing_from = next, got = id, "KV events lost: clearing this worker's index entries");
                 let _ = router.apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
             }
