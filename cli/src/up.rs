@@ -209,38 +209,43 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             };
             let running = mocker::start(config, tokenizer.clone()).await.with_context(|| format!("starting a mocker of pool {}", pool.name))?;
             let url = format!("http://{}", running.http_addr);
-            workers.push(match stack.kv_events_nats {
-                Some(_) => WorkerSpec { worker_id: Some(next_worker_id), data_parallel_size: Some(pool.data_parallel_size), ..WorkerSpec::new(url.clone()) },
-                None => WorkerSpec {
-                    kv_events: running.kv_events.iter().map(|e| e.events.clone()).collect(),
-                    kv_replay: running.kv_events.iter().map(|e| e.replay.clone()).collect(),
-                    ..WorkerSpec::new(url.clone())
-                },
-            });
-            let kv_events: Vec<String> = match &stack.kv_events_nats {
-                Some(_) => (0..pool.data_parallel_size)
-                    .map(|r| format!("nats {}", nats_kv_events_subject(kvroute_protocol::Worker::new(next_worker_id, r))))
-                    .collect(),
-                None => running.kv_events.iter().map(|e| e.events.clone()).collect(),
+            // Where the routers hear the worker's events: its NATS subjects, or its ZMQ sockets.
+            let (spec, kv_events) = match stack.kv_events_nats {
+                Some(_) => (
+                    WorkerSpec { worker_id: Some(next_worker_id), data_parallel_size: Some(pool.data_parallel_size), ..WorkerSpec::new(url.clone()) },
+                    (0..pool.data_parallel_size)
+                        .map(|r| format!("nats {}", nats_kv_events_subject(kvroute_protocol::Worker::new(next_worker_id, r))))
+                        .collect::<Vec<_>>(),
+                ),
+                None => (
+                    WorkerSpec {
+                        kv_events: running.kv_events.iter().map(|e| e.events.clone()).collect(),
+                        kv_replay: running.kv_events.iter().map(|e| e.replay.clone()).collect(),
+                        ..WorkerSpec::new(url.clone())
+                    },
+                    running.kv_events.iter().map(|e| e.events.clone()).collect(),
+                ),
             };
+            workers.push(spec);
             next_worker_id += 1;
             worker_report.push(json!({"http": url, "kv_events": kv_events}));
         }
         let d = KvRouterConfig::default();
+        let router_config = KvRouterConfig {
+            block_size: stack.block_size,
+            router_mode: pool.router.router_mode.unwrap_or_default(),
+            router_temperature: pool.router.router_temperature.unwrap_or(d.router_temperature),
+            overlap_score_weight: pool.router.kv_overlap_score_weight.unwrap_or(d.overlap_score_weight),
+            overlap_score_credit: pool.router.overlap_score_credit.unwrap_or(d.overlap_score_credit),
+            cost_model: pool.router.cost_model.unwrap_or(d.cost_model),
+            duplicate_cost: pool.router.duplicate_cost.unwrap_or(d.duplicate_cost),
+            ..d
+        };
         let mut routers = Vec::new();
         for replica in 0..pool.router_replicas {
             let port = if pool.router_port == 0 { 0 } else { pool.router_port.checked_add(replica as u16).context("router port out of range")? };
             let mut config = ServiceConfig::new(SocketAddr::new(stack.host, port), workers.clone());
-            config.router = KvRouterConfig {
-                block_size: stack.block_size,
-                router_mode: pool.router.router_mode.unwrap_or_default(),
-                router_temperature: pool.router.router_temperature.unwrap_or(d.router_temperature),
-                overlap_score_weight: pool.router.kv_overlap_score_weight.unwrap_or(d.overlap_score_weight),
-                overlap_score_credit: pool.router.overlap_score_credit.unwrap_or(d.overlap_score_credit),
-                cost_model: pool.router.cost_model.unwrap_or(d.cost_model),
-                duplicate_cost: pool.router.duplicate_cost.unwrap_or(d.duplicate_cost),
-                ..d
-            };
+            config.router = router_config.clone();
             config.seed = pool.router.seed;
             config.kv_events_nats = stack.kv_events_nats.clone();
             if let (Some(url), true) = (&stack.replica_sync, pool.router_replicas > 1) {
