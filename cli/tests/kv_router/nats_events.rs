@@ -23,6 +23,19 @@ async fn dump(client: &reqwest::Client, router: &Process) -> Value {
     client.get(format!("{}/dump_events", router.router_http())).send().await.unwrap().json().await.unwrap()
 }
 
+/// Send a 1,000-token prompt through `router` and wait until it has indexed the worker's 62
+/// blocks of it (from the stream); the request body, to send again.
+async fn cache_prompt(client: &reqwest::Client, router: &Process) -> Value {
+    let prompt: Vec<u32> = (0..1000).map(|i| i % 2000 + 3).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 2});
+    let first = client.post(format!("{}/v1/completions", router.router_http())).json(&body).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    first.bytes().await.unwrap();
+    let indexed = support::eventually(Duration::from_secs(10), || async { (cached_blocks(client, router).await >= 62).then_some(()) }).await;
+    assert!(indexed.is_some(), "the router never indexed the worker's blocks from NATS ({})", cached_blocks(client, router).await);
+    body
+}
+
 async fn cached_blocks(client: &reqwest::Client, router: &Process) -> u64 {
     let w: Value = client.get(format!("{}/workers", router.router_http())).send().await.unwrap().json().await.unwrap();
     w["workers"][0]["ranks"][0]["cached_blocks"].as_u64().unwrap()
@@ -40,13 +53,7 @@ async fn events_published_on_jetstream_reach_routers_started_before_and_after() 
 
     // A 1,000-token prompt through the router: the worker caches 62 blocks, the router hears it
     // from the stream, and the same prompt again finds them.
-    let prompt: Vec<u32> = (0..1000).map(|i| i % 2000 + 3).collect();
-    let body = json!({"prompt": prompt, "max_tokens": 2});
-    let first = client.post(format!("{}/v1/completions", early.router_http())).json(&body).send().await.unwrap();
-    assert_eq!(first.status().as_u16(), 200);
-    first.bytes().await.unwrap();
-    let indexed = support::eventually(Duration::from_secs(10), || async { (cached_blocks(&client, &early).await >= 62).then_some(()) }).await;
-    assert!(indexed.is_some(), "the router never indexed the worker's blocks from NATS ({})", cached_blocks(&client, &early).await);
+    let body = cache_prompt(&client, &early).await;
     let again = client.post(format!("{}/v1/completions", early.router_http())).json(&body).send().await.unwrap();
     assert_eq!(again.headers()["x-kvroute-overlap-blocks"], "62");
 
@@ -73,18 +80,9 @@ async fn a_relay_forwards_a_workers_zmq_events_to_routers_on_jetstream() {
     let router = router(&mocker, &nats.url, &dir, "relayed");
     // And a router subscribed to the worker's ZMQ socket itself (and its replay socket, so
     // nothing published before it subscribed is missed), to compare with.
-    let file = dir.join("direct.yaml");
-    let config = format!("block_size: 16\nworkers:\n  - {{url: {}, kv_events: [{}], kv_replay: [{}]}}\n", mocker.http(), mocker.kv_events(0), mocker.kv_replay(0));
-    std::fs::write(&file, config).unwrap();
-    let direct = support::spawn(&["kv-router", "--http-port", "0", "--config", file.to_str().unwrap()]);
+    let direct = support::kv_router(&[&mocker], &["--block-size", "16"]);
     let client = reqwest::Client::new();
-    let prompt: Vec<u32> = (0..1000).map(|i| i % 2000 + 3).collect();
-    let body = json!({"prompt": prompt, "max_tokens": 2});
-    let first = client.post(format!("{}/v1/completions", router.router_http())).json(&body).send().await.unwrap();
-    assert_eq!(first.status().as_u16(), 200);
-    first.bytes().await.unwrap();
-    let indexed = support::eventually(Duration::from_secs(10), || async { (cached_blocks(&client, &router).await >= 62).then_some(()) }).await;
-    assert!(indexed.is_some(), "the router never indexed the relayed blocks ({})", cached_blocks(&client, &router).await);
+    cache_prompt(&client, &router).await;
     // The relayed index holds what the direct one does (the worker ids differ: 11 here, a hash
     // of the URL there).
     let contents = |dump: Value| -> Vec<Value> { dump.as_array().unwrap().iter().map(|e| e["event"]["data"].clone()).collect() };
