@@ -42,7 +42,7 @@ pub mod router;
 pub mod select;
 pub mod service;
 
-pub use index::{IndexError, KvIndex, Overlap};
+pub use index::{IndexError, IndexReader, KvIndex, Overlap};
 pub use load::ActiveSequences;
 pub use router::KvRouter;
 pub use select::{KvRouterConfig, RouterConfigOverride};

@@ -1,7 +1,8 @@
 //! The three indexes under test behind one small interface, and the conversion of the shared
 //! workload into Dynamo's types.
 //!
-//! - [`Ours`]: kvroute's `KvIndex`, events applied on the caller's thread.
+//! - [`Ours`]: kvroute's `KvIndex`, events applied on the caller's thread, read from others
+//!   through its `IndexReader`.
 //! - [`Radix`]: Dynamo's `RadixTree`, `apply_event` on the caller's thread (it is `!Sync`).
 //! - [`Crtc`]: Dynamo's `ConcurrentRadixTreeCompressed`, fed the only way its events can be
 //!   applied — its `SyncIndexer::worker` loop on one dedicated thread, through a flume channel
@@ -102,8 +103,8 @@ fn sorted_dynamo(scores: dy::OverlapScores) -> Vec<Score> {
 
 /// kvroute's index.
 pub struct Ours {
-    /// An `Arc` so readers on other threads can share it once events are applied.
-    pub index: Arc<KvIndex>,
+    /// Applied to on the caller's thread; readers on other threads use `index.reader()`.
+    pub index: KvIndex,
     events: Option<Arc<Vec<kv::RouterEvent>>>,
 }
 
@@ -113,7 +114,7 @@ impl Ours {
     }
 
     pub fn from_index(index: KvIndex) -> Self {
-        Ours { index: Arc::new(index), events: None }
+        Ours { index, events: None }
     }
 }
 
@@ -123,9 +124,8 @@ impl Backend for Ours {
     }
 
     fn run(&mut self) {
-        let index = Arc::get_mut(&mut self.index).expect("no reader holds the index while applying");
         for ev in self.events.take().expect("prepared").iter() {
-            index.apply_event(ev).expect("workload events apply cleanly");
+            self.index.apply_event(ev).expect("workload events apply cleanly");
         }
     }
 
@@ -137,8 +137,8 @@ impl Backend for Ours {
     }
 
     fn reader(&self) -> Option<Reader> {
-        let index = self.index.clone();
-        Some(Arc::new(move |q: &Query| index.find_matches(&q.ours).len()))
+        let reader = self.index.reader();
+        Some(Arc::new(move |q: &Query| reader.find_matches(&q.ours).len()))
     }
 }
 

@@ -47,7 +47,7 @@ pub(super) fn dump_events<'a>(
     let mut out = Vec::new();
     let mut stack = vec![ROOT];
     while let Some(run) = stack.pop() {
-        let r = &tree.runs[run as usize];
+        let r = tree.read(run);
         for m in &r.members {
             let names = &by_index[&m.worker];
             let blocks: Vec<StoredBlock> = (m.start as usize..m.end as usize)
@@ -58,14 +58,14 @@ pub(super) fn dump_events<'a>(
                 .collect();
             emit_chain(tree, names, slot(run, m.start as usize), blocks, &mut out);
         }
-        stack.extend(r.children.iter().rev());
+        stack.extend(r.branches.iter().map(|b| b.run));
     }
     let mut workers: Vec<&WorkerNames<'_>> = by_index.values().collect();
     workers.sort_by_key(|n| n.worker);
     for names in workers {
         for &(at, name) in &names.extra {
             let (run, off) = split(at);
-            let block = StoredBlock { block_hash: name, tokens_hash: LocalBlockHash(tree.runs[run as usize].hashes[off]) };
+            let block = StoredBlock { block_hash: name, tokens_hash: LocalBlockHash(tree.read(run).hashes[off]) };
             emit_chain(tree, names, at, vec![block], &mut out);
         }
     }
@@ -105,7 +105,7 @@ fn preceding(tree: &Tree, at: Slot) -> Option<Slot> {
     if off > 0 {
         return Some(slot(run, off - 1));
     }
-    let r = &tree.runs[run as usize];
+    let r = tree.read(run);
     (r.parent != ROOT).then(|| slot(r.parent, r.branch_pos as usize - 1))
 }
 

@@ -3,70 +3,116 @@
 //! Walks one run per branch point. In each run, a slice comparison finds how far the request
 //! follows the run, then one pass over the run's intervals decides, for each worker still
 //! holding every block so far, whether it keeps up to the end of the match or drops out inside.
+//! Each run is read under its own read lock, one run at a time, so an event being applied
+//! elsewhere in the tree does not hold the walk up (see `tree`'s notes on concurrency).
+
+use std::cell::RefCell;
 
 use kvroute_protocol::{LocalBlockHash, Worker};
+use parking_lot::RwLockReadGuard;
 
-use super::tree::{Tree, ROOT};
+use super::tree::{Branch, Run, Runs, Shared, ROOT};
 use super::Overlap;
 
-pub(super) fn find_matches(
-    tree: &Tree,
-    worker_slots: usize,
-    query: &[LocalBlockHash],
-    worker_of: impl Fn(u32) -> Worker,
-) -> Vec<Overlap> {
+/// Read-lock the run a branch leads to, unless it was freed since the branch was read.
+fn follow<'a>(runs: &'a Runs, branch: Branch) -> Option<RwLockReadGuard<'a, Run>> {
+    let run = runs.get(branch.run as usize)?.read();
+    (run.generation == branch.generation).then_some(run)
+}
+
+/// Buffers a thread reuses from query to query, so that a query allocates only its answer.
+#[derive(Default)]
+struct Scratch {
+    /// Per worker slot: where the walk has seen it, as `base + 2 * hop (+ 1)` (see below).
+    stamp: Vec<u32>,
+    /// Every stamp left by earlier queries is below it.
+    base: u32,
+    continuing: Vec<(u32, Worker)>,
+    next: Vec<(u32, Worker)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+pub(super) fn find_matches(shared: &Shared, query: &[LocalBlockHash]) -> Vec<Overlap> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => walk(shared, query, &mut scratch),
+        Err(_) => walk(shared, query, &mut Scratch::default()),
+    })
+}
+
+fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec<Overlap> {
+    let runs = &shared.runs;
     let Some(first) = query.first() else { return Vec::new() };
-    let Some(mut run) = tree.child(ROOT, 0, first.0) else { return Vec::new() };
+    let Some(root) = runs.get(ROOT as usize) else { return Vec::new() };
+    let branch = root.read().branches.get(0, first.0);
+    let Some(mut run) = branch.and_then(|b| follow(runs, b)) else { return Vec::new() };
     // Every worker in the answer holds the first block, so it has an interval starting at 0 of
-    // the first run (at most one per worker): that run's interval count bounds every list
-    // below, and sizing them once saves the reallocations that were a third of a call.
-    let bound = tree.runs[run as usize].members.len();
-    let mut out = Vec::with_capacity(bound);
-    // stamp[w] == 2 * hop: w holds everything up to this hop's end and continues;
-    // stamp[w] == 2 * hop + 1: w's overlap has been emitted during this hop.
-    let mut stamp = vec![0u32; worker_slots];
-    let mut continuing: Vec<u32> = Vec::with_capacity(bound);
-    let mut next: Vec<u32> = Vec::with_capacity(bound);
+    // the first run (at most one per worker): that run's interval count bounds the answer.
+    let mut out = Vec::with_capacity(run.members.len());
+    // stamp[w] == base + 2 * hop: w holds everything up to this hop's end and continues;
+    // stamp[w] == base + 2 * hop + 1: w's overlap has been emitted during this hop. A walk
+    // has at most query.len() + 1 hops, so the next query's base starts above every stamp.
+    // Workers registered after the slot count was read are not in the answer.
+    let Scratch { stamp, base, continuing, next } = scratch;
+    let span = 2 * (query.len() as u32 + 2);
+    if base.checked_add(span).is_none() {
+        stamp.fill(0);
+        *base = 0;
+    }
+    let b = *base;
+    *base += span;
+    let slots = shared.worker_slots();
+    if stamp.len() < slots {
+        stamp.resize(slots, 0);
+    }
+    let stamp = &mut stamp[..slots];
+    // Worker slots with their names (as a run listed them: a slot may be renamed once the
+    // walk has left the run).
+    continuing.clear();
     let mut depth = 0usize;
     let mut hop = 1u32;
     loop {
-        let r = &tree.runs[run as usize];
-        let matched = common_prefix(&r.hashes, &query[depth..]);
+        let matched = common_prefix(&run.hashes, &query[depth..]);
         let end = depth + matched;
         let more = end < query.len();
         next.clear();
-        for m in &r.members {
-            if m.start != 0 || (hop > 1 && stamp[m.worker as usize] != 2 * (hop - 1)) {
+        for m in &run.members {
+            let Some(mark) = stamp.get_mut(m.worker as usize) else { continue };
+            if m.start != 0 || (hop > 1 && *mark != b + 2 * (hop - 1)) {
                 continue;
             }
             let held = (m.end as usize).min(matched);
             if held == matched && more {
-                stamp[m.worker as usize] = 2 * hop;
-                next.push(m.worker);
+                *mark = b + 2 * hop;
+                next.push((m.worker, m.name));
             } else {
-                stamp[m.worker as usize] = 2 * hop + 1;
-                out.push(Overlap { worker: worker_of(m.worker), blocks: (depth + held) as u32 });
+                *mark = b + 2 * hop + 1;
+                out.push(Overlap { worker: m.name, blocks: (depth + held) as u32 });
             }
         }
         // Workers that held everything before this run but none of it stop at `depth`.
-        for &w in &continuing {
-            if stamp[w as usize] < 2 * hop {
-                out.push(Overlap { worker: worker_of(w), blocks: depth as u32 });
+        for &(w, worker) in continuing.iter() {
+            if stamp[w as usize] < b + 2 * hop {
+                out.push(Overlap { worker, blocks: depth as u32 });
             }
         }
-        std::mem::swap(&mut continuing, &mut next);
+        std::mem::swap(continuing, next);
         if continuing.is_empty() {
             break;
         }
-        match tree.child(run, matched, query[end].0) {
-            Some(c) => {
-                run = c;
+        let branch = run.branches.get(matched, query[end].0);
+        drop(run);
+        match branch.and_then(|b| follow(runs, b)) {
+            Some(child) => {
+                run = child;
                 depth = end;
                 hop += 1;
             }
             None => {
-                for &w in &continuing {
-                    out.push(Overlap { worker: worker_of(w), blocks: end as u32 });
+                for &(_, worker) in continuing.iter() {
+                    out.push(Overlap { worker, blocks: end as u32 });
                 }
                 break;
             }

@@ -20,11 +20,19 @@
 //! against the run, then one pass over the run's intervals. Applying a stored event that extends
 //! a worker's sequence appends to the run in place.
 //!
+//! # Reading while events apply
+//!
+//! [`KvIndex::reader`] hands out an [`IndexReader`]: `find_matches` from any number of threads
+//! while the owner of the `KvIndex` applies events. Each run has its own lock; a reader holds
+//! one run's read lock at a time and the writer one run's write lock at a time, so a query
+//! waits only while the run it is reading is being changed. A query that runs while an event
+//! applies sees each run either before or after its part of the event.
+//!
 //! # Memory
 //!
 //! Per stored (block, worker) pair: one entry in the worker's engine-hash map (12 bytes plus one
 //! control byte, at hashbrown's 44–87% load: 15–30 bytes), plus 8 bytes of local hash per
-//! distinct block shared by all its holders, plus ~100 bytes per run (runs hold up to 256
+//! distinct block shared by all its holders, plus ~120 bytes per run (runs hold up to 256
 //! blocks). On Dynamo's benchmark shape (64 workers × 10,240 blocks) that is ≈ 29 bytes per
 //! (block, worker); see `bench/RESULTS.md` for the measured figure.
 //!
@@ -38,6 +46,8 @@ mod find;
 pub mod reference;
 mod tree;
 
+use std::sync::Arc;
+
 use hashbrown::HashMap;
 use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, RouterEvent, StoredBlock};
 use kvroute_protocol::{LocalBlockHash, Worker};
@@ -45,7 +55,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::Serialize;
 use thiserror::Error;
 
-use tree::{Slot, Tree};
+use tree::{Shared, Slot, Tree, TreeWriter};
 
 /// Longest run (blocks per contiguous path segment). A block address is `run << 8 | offset`.
 pub const RUN_CAPACITY: usize = 256;
@@ -128,7 +138,18 @@ impl Default for KvIndex {
 
 impl KvIndex {
     pub fn new() -> Self {
-        KvIndex { tree: Tree::new(), workers: Vec::new(), free_workers: Vec::new(), by_worker: FxHashMap::default() }
+        KvIndex {
+            tree: Tree::new(),
+            workers: Vec::new(),
+            free_workers: Vec::new(),
+            by_worker: FxHashMap::default(),
+        }
+    }
+
+    /// A handle that answers `find_matches` from other threads while this index applies
+    /// events (see the module docs).
+    pub fn reader(&self) -> IndexReader {
+        IndexReader { shared: self.tree.shared().clone() }
     }
 
     /// Apply one event (Dynamo JSON form).
@@ -211,7 +232,7 @@ impl KvIndex {
     /// For every worker holding at least the first block of `query`, how many consecutive
     /// blocks from the start it holds. Order is unspecified.
     pub fn find_matches(&self, query: &[LocalBlockHash]) -> Vec<Overlap> {
-        find::find_matches(&self.tree, self.workers.len(), query, |w| self.entry(w).worker)
+        find::find_matches(self.tree.shared(), query)
     }
 
     /// The index as stored events (and, for blocks a worker holds without their parent, a
@@ -247,6 +268,7 @@ impl KvIndex {
             }
             None => {
                 self.workers.push(Some(entry));
+                self.tree.set_worker_slots(self.workers.len());
                 (self.workers.len() - 1) as u32
             }
         };
@@ -267,36 +289,38 @@ impl KvIndex {
             return Err(IndexError::Full(self.tree.run_count()));
         }
         let entry = self.workers[w as usize].as_mut().expect("live worker");
+        let mut tree = self.tree.writer();
         let mut cursor = start;
         let mut span = tree::Span::empty();
         for (i, b) in blocks.iter().enumerate() {
-            let slot = self.tree.step(&mut cursor, b.tokens_hash.0, blocks.len() - i);
+            let slot = tree.step(&mut cursor, b.tokens_hash.0, blocks.len() - i);
             let previous = entry.blocks.insert(EngineKey::new(b.block_hash), slot);
-            if previous != Some(slot) && self.tree.holds(w, slot) {
+            if previous != Some(slot) && tree.holds(w, slot) {
                 // A second engine name for a block this worker already holds.
                 *entry.aliases.entry(slot).or_insert(0) += 1;
             }
             if !span.extend(slot) {
-                self.tree.add_span(w, &mut span);
+                tree.add_span(w, worker, &mut span);
                 span = tree::Span::at(slot);
             }
             if let Some(old) = previous.filter(|&old| old != slot) {
                 // The engine reused a name for different content: the old block is gone. Record
                 // the new holdings first so clean-up cannot reclaim the block just stored.
-                self.tree.add_span(w, &mut span);
-                release(&mut self.tree, &mut entry.aliases, w, old);
+                tree.add_span(w, worker, &mut span);
+                release(&mut tree, &mut entry.aliases, w, old);
             }
         }
-        self.tree.add_span(w, &mut span);
+        tree.add_span(w, worker, &mut span);
         Ok(())
     }
 
     fn apply_removed(&mut self, w: u32, hashes: &[EngineBlockHash]) -> Result<(), IndexError> {
         let entry = self.workers[w as usize].as_mut().expect("live worker");
+        let mut tree = self.tree.writer();
         let mut unknown = 0u32;
         for h in hashes {
             match entry.blocks.remove(&EngineKey::new(*h)) {
-                Some(slot) => release(&mut self.tree, &mut entry.aliases, w, slot),
+                Some(slot) => release(&mut tree, &mut entry.aliases, w, slot),
                 None => unknown += 1,
             }
         }
@@ -310,12 +334,12 @@ impl KvIndex {
         let entry = self.workers[w as usize].as_mut().expect("live worker");
         let slots: Vec<Slot> = entry.blocks.drain().map(|(_, s)| s).collect();
         entry.aliases.clear();
-        self.tree.remove_worker_from(w, slots);
+        self.tree.writer().remove_worker_from(w, slots);
     }
 }
 
 /// Drop one engine name of a block; the worker stops holding it when no name is left.
-fn release(tree: &mut Tree, aliases: &mut FxHashMap<Slot, u32>, w: u32, slot: Slot) {
+fn release(tree: &mut TreeWriter<'_>, aliases: &mut FxHashMap<Slot, u32>, w: u32, slot: Slot) {
     if let Some(n) = aliases.get_mut(&slot) {
         *n -= 1;
         if *n == 0 {
@@ -324,6 +348,20 @@ fn release(tree: &mut Tree, aliases: &mut FxHashMap<Slot, u32>, w: u32, slot: Sl
         return;
     }
     tree.remove_block(w, slot);
+}
+
+/// `find_matches` for other threads, while the [`KvIndex`] it came from applies events.
+#[derive(Clone)]
+pub struct IndexReader {
+    shared: Arc<Shared>,
+}
+
+impl IndexReader {
+    /// The same answer as [`KvIndex::find_matches`], against the index as it is while the
+    /// query runs.
+    pub fn find_matches(&self, query: &[LocalBlockHash]) -> Vec<Overlap> {
+        find::find_matches(&self.shared, query)
+    }
 }
 
 #[cfg(test)]

@@ -207,6 +207,9 @@ fn dump_rebuilds_an_identical_index() {
 enum Op {
     Store { worker: usize, parent: Option<u64>, blocks: Vec<(u64, u64)> },
     StoreLong { worker: usize, first_name: u64, len: usize, branch: u64 },
+    /// Many one-block branches at one position (the root, or after block 10), more than a
+    /// run scans before it keeps a map of its branches.
+    Fan { worker: usize, width: u64, from_root: bool },
     Remove { worker: usize, names: Vec<u64> },
     Clear { worker: usize },
     RemoveWorker { worker_id: u64 },
@@ -222,7 +225,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(worker, parent, blocks)| Op::Store { worker, parent, blocks }),
         1 => (0..4usize, 0u64..2, 200usize..600, 0u64..3)
             .prop_map(|(worker, k, len, branch)| Op::StoreLong { worker, first_name: 1000 + k * 1000, len, branch }),
-        3 => (0..4usize, prop::collection::vec(prop_oneof![name, 1000u64..1700], 1..5)).prop_map(|(worker, names)| Op::Remove { worker, names }),
+        1 => (0..4usize, 6u64..20, any::<bool>()).prop_map(|(worker, width, from_root)| Op::Fan { worker, width, from_root }),
+        3 => (0..4usize, prop::collection::vec(prop_oneof![name, 1000u64..1700, 5000u64..5020], 1..5)).prop_map(|(worker, names)| Op::Remove { worker, names }),
         1 => (0..4usize).prop_map(|worker| Op::Clear { worker }),
         1 => (1u64..4).prop_map(|worker_id| Op::RemoveWorker { worker_id }),
     ]
@@ -244,6 +248,11 @@ fn events_of(op: &Op) -> Vec<RouterEvent> {
             }
             out
         }
+        Op::Fan { worker, width, from_root } => {
+            let parent = (!from_root).then(|| stored(WORKERS[*worker], None, &[(4000, 10)]));
+            let leaves = (0..*width).map(|i| stored(WORKERS[*worker], (!from_root).then_some(4000), &[(5000 + i, 20 + i)]));
+            parent.into_iter().chain(leaves).collect()
+        }
         Op::Remove { worker, names } => vec![removed(WORKERS[*worker], names)],
         Op::Clear { worker } => vec![RouterEvent::new(WORKERS[*worker], 0, KvCacheEventData::Cleared)],
         Op::RemoveWorker { .. } => vec![],
@@ -255,9 +264,9 @@ fn queries() -> impl Strategy<Value = Vec<Vec<u64>>> {
 }
 
 fn long_queries() -> Vec<Vec<u64>> {
-    (0..3u64)
-        .map(|branch| (0..600u64).map(|i| if i == 300 { 50 + branch } else { 10 + i % 7 }).collect())
-        .collect()
+    let long = (0..3u64).map(|branch| (0..600u64).map(|i| if i == 300 { 50 + branch } else { 10 + i % 7 }).collect());
+    let fans = (20..40u64).flat_map(|leaf| [vec![leaf], vec![10, leaf]]);
+    long.chain(fans).collect()
 }
 
 fn check_same(index: &KvIndex, reference: &ReferenceIndex, queries: &[Vec<u64>]) -> Result<(), TestCaseError> {
@@ -307,4 +316,91 @@ proptest! {
         check_same(&rebuilt, &reference, &queries)?;
         prop_assert_eq!(rebuilt.distinct_blocks(), index.distinct_blocks());
     }
+}
+
+// ---------------------------------------------------------------- concurrency
+
+/// Readers on other threads, while the writer grows and frees runs around a sequence another
+/// worker holds throughout (branches off it, runs freed and their slots reused, worker slots
+/// freed and renamed): that worker's overlap is exact in every answer, and nobody else's
+/// exceeds what it could hold.
+#[test]
+fn readers_answer_exactly_for_untouched_blocks_while_events_apply() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let locals: Vec<u64> = (0..600).map(|i| 100 + i).collect();
+    let chain = |worker: Worker, first_name: u64, locals: &[u64], parent: Option<u64>| -> Vec<RouterEvent> {
+        let blocks: Vec<(u64, u64)> = locals.iter().enumerate().map(|(i, &l)| (first_name + i as u64, l)).collect();
+        let mut parent = parent;
+        let mut out = Vec::new();
+        for chunk in blocks.chunks(64) {
+            out.push(stored(worker, parent, chunk));
+            parent = Some(chunk.last().unwrap().0);
+        }
+        out
+    };
+    let mut index = KvIndex::new();
+    for ev in chain(A, 0, &locals, None) {
+        index.apply_event(&ev).unwrap();
+    }
+    let queries: Vec<Vec<LocalBlockHash>> = vec![q(&locals), q(&locals[..250]), q(&[&locals[..130], &[7, 8, 9]].concat())];
+    let expected_a = [600, 250, 130];
+    let reader = index.reader();
+    let done = AtomicBool::new(false);
+    // The churn starts once both readers are answering.
+    let started = std::sync::Barrier::new(3);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (reader, queries, done, started) = (reader.clone(), &queries, &done, &started);
+                s.spawn(move || {
+                    let mut answered = 0usize;
+                    loop {
+                        for (query, &want) in queries.iter().zip(&expected_a) {
+                            let answer = reader.find_matches(query);
+                            let a = answer.iter().filter(|o| o.worker == A).map(|o| o.blocks).collect::<Vec<_>>();
+                            assert_eq!(a, vec![want], "A's overlap while events apply");
+                            for o in answer.iter().filter(|o| o.worker != A) {
+                                assert!(o.blocks <= 250, "{} cannot hold more than 250 blocks of the query", o.worker);
+                                assert!(o.worker == B || o.worker.worker_id >= 100, "unknown worker {} in an answer", o.worker);
+                            }
+                            answered += 1;
+                        }
+                        if answered == queries.len() {
+                            started.wait();
+                            continue; // at least one more round, during the churn
+                        }
+                        if done.load(Ordering::Acquire) {
+                            return answered;
+                        }
+                    }
+                })
+            })
+            .collect();
+        started.wait();
+        for round in 0..150u64 {
+            // B shares A's first 250 blocks and branches off; a fresh worker (reusing the slot
+            // the previous one freed) shares 130 and branches off with a fan of its own.
+            let b_names = 10_000 + round * 1_000;
+            for ev in chain(B, b_names, &[&locals[..250], &[1, 2, 3, round]].concat(), None) {
+                index.apply_event(&ev).unwrap();
+            }
+            let c = Worker::new(100 + round, 0);
+            for ev in chain(c, 0, &[&locals[..130], &[5, 6]].concat(), None) {
+                index.apply_event(&ev).unwrap();
+            }
+            for leaf in 0..12 {
+                index.apply_event(&stored(c, Some(129), &[(1_000 + leaf, 200 + leaf)])).unwrap();
+            }
+            index.apply_event(&removed(B, &(b_names..b_names + 254).collect::<Vec<_>>())).unwrap();
+            index.remove_worker(c.worker_id);
+        }
+        done.store(true, Ordering::Release);
+        for r in readers {
+            r.join().expect("reader thread");
+        }
+    });
+    let answer = sorted(index.find_matches(&queries[0]));
+    assert_eq!(answer, vec![Overlap { worker: A, blocks: 600 }]);
+    assert_eq!(index.distinct_blocks(), 600, "every block of the churn was collected");
 }

@@ -1,12 +1,49 @@
-//! The run arena behind [`super::KvIndex`]: runs of local hashes, the branch map, and which
-//! worker holds which interval of each run. Knows nothing about engine hashes or events.
+//! The run arena behind [`super::KvIndex`]: runs of local hashes, the branches between them,
+//! and which worker holds which interval of each run. Knows nothing about engine hashes or
+//! events.
+//!
+//! # Concurrency
+//!
+//! One writer (whoever holds `&mut Tree`) and any number of readers (`find_matches` through a
+//! [`super::IndexReader`]) work at once. Every run sits behind its own `RwLock` in an
+//! append-only arena whose entries never move (`boxcar::Vec`), so a reader locks only the run it
+//! is reading, one at a time, and the writer blocks only the readers of the run it is changing.
+//! The writer changes runs through a [`TreeWriter`], which keeps the write lock of the last run
+//! it touched until it moves to another run or is dropped: an event that extends one run takes
+//! one lock.
+//!
+//! Runs are freed and their slots reused. A branch records the generation of the run it leads
+//! to, and freeing a run bumps its generation, so a reader that follows a branch to a run freed
+//! meanwhile sees another generation and stops there. Runs never move or split, so a run that
+//! still has the generation its branch recorded is still that node of the tree.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use kvroute_protocol::Worker;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rustc_hash::FxHashMap;
 
 use super::RUN_CAPACITY;
 
 /// A block's address: `run << 8 | offset`. Stable for the block's lifetime (runs never split).
 pub(super) type Slot = u32;
+
+/// The arena: every run ever allocated, each behind its own lock.
+pub(super) type Runs = boxcar::Vec<RwLock<Run>>;
+
+/// What readers share with the writer.
+pub(super) struct Shared {
+    pub runs: Runs,
+    /// How many worker slots exist (slot numbers are below it).
+    worker_slots: AtomicUsize,
+}
+
+impl Shared {
+    pub fn worker_slots(&self) -> usize {
+        self.worker_slots.load(Ordering::Acquire)
+    }
+}
 
 /// The root pseudo-run: holds no blocks, top-level runs hang off its position 0.
 pub(super) const ROOT: u32 = 0;
@@ -22,12 +59,80 @@ pub(super) fn split(slot: Slot) -> (u32, usize) {
     (slot >> OFFSET_BITS, (slot & ((1 << OFFSET_BITS) - 1)) as usize)
 }
 
-/// Worker `worker` holds blocks `start..end` of a run.
+/// Worker slot `worker` (named `name`) holds blocks `start..end` of a run. The name travels
+/// with the interval so a reader has it under the run's lock: a slot is renamed only after its
+/// worker has left every run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Member {
     pub worker: u32,
     pub start: u16,
     pub end: u16,
+    pub name: Worker,
+}
+
+/// A branch: run `run` (generation `generation`) hangs off position `pos` of its parent and
+/// starts with the block `hash`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Branch {
+    pub hash: u64,
+    pub run: u32,
+    pub generation: u32,
+    pub pos: u16,
+}
+
+/// Above this many branches a run keeps them in a hash map instead of a list.
+const BRANCH_SCAN_LIMIT: usize = 8;
+
+/// The branches hanging off one run: a list scanned while short, a map once long.
+#[derive(Default)]
+pub(super) struct Branches {
+    list: Vec<Branch>,
+    /// Keyed by `(hash, pos)`; when present, `list` is empty.
+    map: Option<Box<FxHashMap<(u64, u16), Branch>>>,
+}
+
+impl Branches {
+    #[inline]
+    pub fn get(&self, pos: usize, hash: u64) -> Option<Branch> {
+        match &self.map {
+            Some(map) => map.get(&(hash, pos as u16)).copied(),
+            None => self.list.iter().find(|b| b.hash == hash && b.pos as usize == pos).copied(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty() && self.map.as_ref().is_none_or(|m| m.is_empty())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Branch> {
+        self.list.iter().chain(self.map.iter().flat_map(|m| m.values()))
+    }
+
+    fn insert(&mut self, branch: Branch) {
+        if let Some(map) = &mut self.map {
+            map.insert((branch.hash, branch.pos), branch);
+            return;
+        }
+        self.list.push(branch);
+        if self.list.len() > BRANCH_SCAN_LIMIT {
+            let map = self.list.drain(..).map(|b| ((b.hash, b.pos), b)).collect();
+            self.list = Vec::new();
+            self.map = Some(Box::new(map));
+        }
+    }
+
+    fn remove(&mut self, pos: u16, hash: u64) {
+        match &mut self.map {
+            Some(map) => {
+                map.remove(&(hash, pos));
+            }
+            None => {
+                if let Some(i) = self.list.iter().position(|b| b.hash == hash && b.pos == pos) {
+                    self.list.swap_remove(i);
+                }
+            }
+        }
+    }
 }
 
 /// A straight path of blocks.
@@ -37,12 +142,14 @@ pub(super) struct Run {
     pub hashes: Vec<u64>,
     /// Disjoint, non-adjacent intervals per worker (merged on insert).
     pub members: Vec<Member>,
-    /// Runs hanging off this one (any position), for clean-up and dumps.
-    pub children: Vec<u32>,
+    /// Runs hanging off this one (any position).
+    pub branches: Branches,
     pub parent: u32,
     /// This run's first block follows the parent's block `branch_pos - 1` (0: from the root).
     pub branch_pos: u16,
     pub live: bool,
+    /// Bumped each time the slot is freed; see the module docs.
+    pub generation: u32,
 }
 
 /// Where the next stored block goes: position `pos` of `run`.
@@ -85,27 +192,29 @@ impl Span {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct ChildKey {
-    run_pos: u64,
-    hash: u64,
-}
-
-fn child_key(run: u32, pos: usize, hash: u64) -> ChildKey {
-    ChildKey { run_pos: (run as u64) << 32 | pos as u64, hash }
-}
-
+/// The writer's side of the arena (readers only need [`Tree::shared`]).
 pub(super) struct Tree {
-    pub runs: Vec<Run>,
+    shared: Arc<Shared>,
     free: Vec<u32>,
-    children: FxHashMap<ChildKey, u32>,
     blocks: usize,
 }
 
 impl Tree {
     pub fn new() -> Self {
-        let root = Run { live: true, ..Run::default() };
-        Tree { runs: vec![root], free: Vec::new(), children: FxHashMap::default(), blocks: 0 }
+        let runs = Runs::new();
+        runs.push(RwLock::new(Run { live: true, ..Run::default() }));
+        let shared = Shared { runs, worker_slots: AtomicUsize::new(0) };
+        Tree { shared: Arc::new(shared), free: Vec::new(), blocks: 0 }
+    }
+
+    /// What readers need.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Slots below `n` may appear in runs from now on.
+    pub fn set_worker_slots(&self, n: usize) {
+        self.shared.worker_slots.store(n, Ordering::Release);
     }
 
     pub fn block_count(&self) -> usize {
@@ -113,7 +222,7 @@ impl Tree {
     }
 
     pub fn run_count(&self) -> usize {
-        self.runs.len() - self.free.len()
+        self.shared.runs.count() - self.free.len()
     }
 
     /// Whether `blocks` more blocks can be stored even if each needs a new run.
@@ -130,41 +239,97 @@ impl Tree {
         Cursor { run, pos: off + 1 }
     }
 
-    /// The run hanging off `run` at `pos` whose first block is `hash`.
-    #[inline]
-    pub fn child(&self, run: u32, pos: usize, hash: u64) -> Option<u32> {
-        if self.runs[run as usize].children.is_empty() {
-            return None;
+    /// Read one run (for dumps). Recursive, so a dump can read a run it is already reading:
+    /// no writer can be waiting while `&self` is borrowed.
+    pub fn read(&self, run: u32) -> RwLockReadGuard<'_, Run> {
+        self.shared.runs[run as usize].read_recursive()
+    }
+
+    /// Start changing the tree. Dropping the writer releases the lock it holds.
+    pub fn writer(&mut self) -> TreeWriter<'_> {
+        TreeWriter { runs: &self.shared.runs, free: &mut self.free, blocks: &mut self.blocks, held: None }
+    }
+
+    /// The local hashes from the root down to and including the block at `slot`.
+    pub fn path_to(&self, at: Slot) -> Vec<u64> {
+        let (mut run, off) = split(at);
+        let mut reversed: Vec<u64> = self.read(run).hashes[..=off].iter().rev().copied().collect();
+        loop {
+            let parent = self.read(run).parent;
+            if parent == ROOT {
+                break;
+            }
+            let branch_pos = self.read(run).branch_pos as usize;
+            reversed.extend(self.read(parent).hashes[..branch_pos].iter().rev());
+            run = parent;
         }
-        self.children.get(&child_key(run, pos, hash)).copied()
+        reversed.reverse();
+        reversed
+    }
+}
+
+/// Changes to the tree, holding the write lock of one run at a time.
+pub(super) struct TreeWriter<'a> {
+    runs: &'a Runs,
+    free: &'a mut Vec<u32>,
+    blocks: &'a mut usize,
+    held: Option<(u32, RwLockWriteGuard<'a, Run>)>,
+}
+
+impl TreeWriter<'_> {
+    /// Run `id`, write-locked (releasing the run held before).
+    #[inline]
+    fn run(&mut self, id: u32) -> &mut Run {
+        let held = matches!(&self.held, Some((h, _)) if *h == id);
+        if !held {
+            self.held = None;
+            let guard = self.runs[id as usize].write();
+            return &mut self.held.insert((id, guard)).1;
+        }
+        let (_, guard) = self.held.as_mut().expect("the held run was just checked");
+        guard
+    }
+
+    /// The branch of `run` at `pos` starting with `hash`. The root is only read-locked for
+    /// this (every reader passes through it).
+    fn branch(&mut self, run: u32, pos: usize, hash: u64) -> Option<Branch> {
+        if run == ROOT && !matches!(&self.held, Some((ROOT, _))) {
+            return self.runs[ROOT as usize].read().branches.get(pos, hash);
+        }
+        self.run(run).branches.get(pos, hash)
     }
 
     /// Move the cursor one block down the path `hash`, creating the block if the tree lacks it.
     /// `ahead` is how many blocks the caller is about to store from this one on (at least 1):
     /// a new or growing run is sized for them, so runs carry little unused capacity.
+    #[inline]
     pub fn step(&mut self, cursor: &mut Cursor, hash: u64, ahead: usize) -> Slot {
-        let run = &self.runs[cursor.run as usize];
         let pos = cursor.pos;
-        if pos < run.hashes.len() && run.hashes[pos] == hash {
-            cursor.pos += 1;
-            return slot(cursor.run, pos);
-        }
-        if let Some(c) = self.child(cursor.run, pos, hash) {
-            *cursor = Cursor { run: c, pos: 1 };
-            return slot(c, 0);
-        }
-        if pos == run.hashes.len() && cursor.run != ROOT && pos < RUN_CAPACITY {
-            let hashes = &mut self.runs[cursor.run as usize].hashes;
-            if hashes.len() == hashes.capacity() {
-                // Grow by what the event still brings, or by half (not Vec's doubling, which
-                // leaves a quarter of a typical run's hashes unused), never past a full run.
-                let len = hashes.len();
-                hashes.reserve_exact(ahead.max(len / 2).max(4).min(RUN_CAPACITY - len));
+        if cursor.run != ROOT {
+            let run = self.run(cursor.run);
+            if pos < run.hashes.len() && run.hashes[pos] == hash {
+                cursor.pos += 1;
+                return slot(cursor.run, pos);
             }
-            hashes.push(hash);
-            self.blocks += 1;
-            cursor.pos += 1;
-            return slot(cursor.run, pos);
+        }
+        if let Some(b) = self.branch(cursor.run, pos, hash) {
+            *cursor = Cursor { run: b.run, pos: 1 };
+            return slot(b.run, 0);
+        }
+        if cursor.run != ROOT && pos < RUN_CAPACITY {
+            let hashes = &mut self.run(cursor.run).hashes;
+            if pos == hashes.len() {
+                if hashes.len() == hashes.capacity() {
+                    // Grow by what the event still brings, or by half (not Vec's doubling, which
+                    // leaves a quarter of a typical run's hashes unused), never past a full run.
+                    let len = hashes.len();
+                    hashes.reserve_exact(ahead.max(len / 2).max(4).min(RUN_CAPACITY - len));
+                }
+                hashes.push(hash);
+                *self.blocks += 1;
+                cursor.pos += 1;
+                return slot(cursor.run, pos);
+            }
         }
         let c = self.new_run(cursor.run, pos, hash, ahead);
         *cursor = Cursor { run: c, pos: 1 };
@@ -174,45 +339,44 @@ impl Tree {
     fn new_run(&mut self, parent: u32, pos: usize, hash: u64, ahead: usize) -> u32 {
         let mut hashes = Vec::with_capacity(ahead.clamp(1, RUN_CAPACITY));
         hashes.push(hash);
-        let run = Run {
+        let fresh = |generation| Run {
             hashes,
             members: Vec::new(),
-            children: Vec::new(),
+            branches: Branches::default(),
             parent,
             branch_pos: pos as u16,
             live: true,
+            generation,
         };
-        let id = match self.free.pop() {
+        // The run is complete before the branch to it is published.
+        let (id, generation) = match self.free.pop() {
             Some(id) => {
-                self.runs[id as usize] = run;
-                id
+                let run = self.run(id);
+                let generation = run.generation;
+                *run = fresh(generation);
+                (id, generation)
             }
-            None => {
-                self.runs.push(run);
-                (self.runs.len() - 1) as u32
-            }
+            None => (self.runs.push(RwLock::new(fresh(0))) as u32, 0),
         };
-        self.runs[parent as usize].children.push(id);
-        self.children.insert(child_key(parent, pos, hash), id);
-        self.blocks += 1;
+        self.run(parent).branches.insert(Branch { hash, run: id, generation, pos: pos as u16 });
+        *self.blocks += 1;
         id
     }
 
     /// Does worker `w` hold the block at `slot`?
-    pub fn holds(&self, w: u32, at: Slot) -> bool {
+    #[inline]
+    pub fn holds(&mut self, w: u32, at: Slot) -> bool {
         let (run, off) = split(at);
-        self.runs[run as usize]
-            .members
-            .iter()
-            .any(|m| m.worker == w && (m.start as usize) <= off && off < m.end as usize)
+        self.run(run).members.iter().any(|m| m.worker == w && (m.start as usize) <= off && off < m.end as usize)
     }
 
-    /// Record that `w` holds the span's blocks, and empty the span.
-    pub fn add_span(&mut self, w: u32, span: &mut Span) {
+    /// Record that `w` (named `name`) holds the span's blocks, and empty the span.
+    #[inline]
+    pub fn add_span(&mut self, w: u32, name: Worker, span: &mut Span) {
         if span.start == span.end {
             return;
         }
-        let members = &mut self.runs[span.run as usize].members;
+        let members = &mut self.run(span.run).members;
         let (mut start, mut end) = (span.start as u16, span.end as u16);
         let mut merged: Option<usize> = None;
         let mut i = 0;
@@ -240,7 +404,7 @@ impl Tree {
                 if members.is_empty() {
                     members.reserve_exact(1); // most runs are held by one worker
                 }
-                members.push(Member { worker: w, start, end })
+                members.push(Member { worker: w, start, end, name })
             }
         }
         *span = Span::empty();
@@ -249,7 +413,7 @@ impl Tree {
     /// `w` no longer holds the block at `slot`.
     pub fn remove_block(&mut self, w: u32, at: Slot) {
         let (run, off) = split(at);
-        let members = &mut self.runs[run as usize].members;
+        let members = &mut self.run(run).members;
         let off16 = off as u16;
         if let Some(i) = members.iter().position(|m| m.worker == w && m.start <= off16 && off16 < m.end) {
             let m = members[i];
@@ -261,7 +425,7 @@ impl Tree {
                 (false, true) => members[i].start = off16 + 1,
                 (true, true) => {
                     members[i].end = off16;
-                    members.push(Member { worker: w, start: off16 + 1, end: m.end });
+                    members.push(Member { start: off16 + 1, ..m });
                 }
             }
         }
@@ -274,10 +438,10 @@ impl Tree {
         runs.sort_unstable();
         runs.dedup();
         for &run in &runs {
-            self.runs[run as usize].members.retain(|m| m.worker != w);
+            self.run(run).members.retain(|m| m.worker != w);
         }
         for &run in &runs {
-            if self.runs[run as usize].live {
+            if self.run(run).live {
                 self.collect(run);
             }
         }
@@ -287,52 +451,30 @@ impl Tree {
     /// is held in it or below it.
     fn collect(&mut self, mut run: u32) {
         while run != ROOT {
-            let r = &self.runs[run as usize];
+            let r = self.run(run);
             let len = r.hashes.len();
             let held_to = r.members.iter().map(|m| m.end as usize).max().unwrap_or(0);
             if held_to == len {
                 return;
             }
-            let mut live_end = held_to;
-            for &c in &r.children {
-                live_end = live_end.max(self.runs[c as usize].branch_pos as usize);
-            }
-            let r = &mut self.runs[run as usize];
+            let live_end = r.branches.iter().map(|b| b.pos as usize).fold(held_to, usize::max);
             if live_end == len {
                 return;
             }
             let first = r.hashes[0];
-            self.blocks -= len - live_end;
             r.hashes.truncate(live_end);
-            if live_end > 0 || !r.children.is_empty() {
+            *self.blocks -= len - live_end;
+            let r = self.run(run);
+            if live_end > 0 || !r.branches.is_empty() {
                 return;
             }
-            let (parent, pos) = (r.parent, r.branch_pos as usize);
-            *r = Run::default();
+            let (parent, pos) = (r.parent, r.branch_pos);
+            // Freed before it is unlinked: a reader that already took the branch sees the new
+            // generation and stops.
+            *r = Run { generation: r.generation.wrapping_add(1), ..Run::default() };
             self.free.push(run);
-            self.children.remove(&child_key(parent, pos, first));
-            let siblings = &mut self.runs[parent as usize].children;
-            if let Some(i) = siblings.iter().position(|&c| c == run) {
-                siblings.swap_remove(i);
-            }
+            self.run(parent).branches.remove(pos, first);
             run = parent;
         }
-    }
-
-    /// The local hashes from the root down to and including the block at `slot`.
-    pub fn path_to(&self, at: Slot) -> Vec<u64> {
-        let (mut run, off) = split(at);
-        let mut reversed: Vec<u64> = self.runs[run as usize].hashes[..=off].iter().rev().copied().collect();
-        loop {
-            let r = &self.runs[run as usize];
-            if r.parent == ROOT {
-                break;
-            }
-            let parent = &self.runs[r.parent as usize];
-            reversed.extend(parent.hashes[..r.branch_pos as usize].iter().rev());
-            run = r.parent;
-        }
-        reversed.reverse();
-        reversed
     }
 }
