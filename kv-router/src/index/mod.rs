@@ -168,6 +168,7 @@ impl KvIndex {
                 Ok(())
             }
         };
+        self.tree.set_slot_blocks(w, self.entry(w).blocks.len());
         let stats = &mut self.entry_mut(w).stats;
         match &result {
             Ok(()) => stats.applied += 1,
@@ -204,6 +205,7 @@ impl KvIndex {
     pub fn remove_worker_rank(&mut self, worker: Worker) {
         if let Some(w) = self.by_worker.remove(&worker) {
             self.clear_worker(w);
+            self.tree.retire_slot(w);
             self.workers[w as usize] = None;
             self.free_workers.push(w);
         }
@@ -268,10 +270,10 @@ impl KvIndex {
             }
             None => {
                 self.workers.push(Some(entry));
-                self.tree.set_worker_slots(self.workers.len());
                 (self.workers.len() - 1) as u32
             }
         };
+        self.tree.name_slot(w, worker);
         self.by_worker.insert(worker, w);
         w
     }
@@ -361,6 +363,12 @@ impl IndexReader {
     /// query runs.
     pub fn find_matches(&self, query: &[LocalBlockHash]) -> Vec<Overlap> {
         find::find_matches(&self.shared, query)
+    }
+
+    /// Blocks each registered worker holds, as [`KvIndex::cached_blocks`] counts them (as of
+    /// the last event applied to it).
+    pub fn cached_blocks(&self) -> FxHashMap<Worker, u64> {
+        self.shared.cached_blocks()
     }
 }
 

@@ -17,7 +17,7 @@
 //! meanwhile sees another generation and stops there. Runs never move or split, so a run that
 //! still has the generation its branch recorded is still that node of the tree.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvroute_protocol::Worker;
@@ -32,16 +32,39 @@ pub(super) type Slot = u32;
 /// The arena: every run ever allocated, each behind its own lock.
 pub(super) type Runs = boxcar::Vec<RwLock<Run>>;
 
+/// What readers know about a worker slot besides the runs: whom it stands for, and how many
+/// blocks that worker holds.
+#[derive(Default)]
+pub(super) struct SlotInfo {
+    worker_id: AtomicU64,
+    dp_rank: AtomicU32,
+    live: AtomicBool,
+    blocks: AtomicU64,
+}
+
 /// What readers share with the writer.
 pub(super) struct Shared {
     pub runs: Runs,
-    /// How many worker slots exist (slot numbers are below it).
-    worker_slots: AtomicUsize,
+    slots: boxcar::Vec<SlotInfo>,
 }
 
 impl Shared {
+    /// How many worker slots exist (slot numbers are below it).
     pub fn worker_slots(&self) -> usize {
-        self.worker_slots.load(Ordering::Acquire)
+        self.slots.count()
+    }
+
+    /// Blocks held by each registered worker (a slot renamed at that very moment may be read
+    /// half-renamed and then not match any worker asked about).
+    pub fn cached_blocks(&self) -> FxHashMap<Worker, u64> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.live.load(Ordering::Acquire))
+            .map(|(_, s)| {
+                let worker = Worker::new(s.worker_id.load(Ordering::Relaxed), s.dp_rank.load(Ordering::Relaxed));
+                (worker, s.blocks.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 }
 
@@ -203,7 +226,7 @@ impl Tree {
     pub fn new() -> Self {
         let runs = Runs::new();
         runs.push(RwLock::new(Run { live: true, ..Run::default() }));
-        let shared = Shared { runs, worker_slots: AtomicUsize::new(0) };
+        let shared = Shared { runs, slots: boxcar::Vec::new() };
         Tree { shared: Arc::new(shared), free: Vec::new(), blocks: 0 }
     }
 
@@ -212,9 +235,32 @@ impl Tree {
         &self.shared
     }
 
-    /// Slots below `n` may appear in runs from now on.
-    pub fn set_worker_slots(&self, n: usize) {
-        self.shared.worker_slots.store(n, Ordering::Release);
+    /// Slot `w` (a new one, or one retired before) stands for `worker` from now on.
+    pub fn name_slot(&self, w: u32, worker: Worker) {
+        let slots = &self.shared.slots;
+        let info = match slots.get(w as usize) {
+            Some(info) => info,
+            None => &slots[slots.push(SlotInfo::default())],
+        };
+        info.worker_id.store(worker.worker_id, Ordering::Relaxed);
+        info.dp_rank.store(worker.dp_rank, Ordering::Relaxed);
+        info.blocks.store(0, Ordering::Relaxed);
+        info.live.store(true, Ordering::Release);
+    }
+
+    /// Slot `w`'s worker left.
+    pub fn retire_slot(&self, w: u32) {
+        if let Some(info) = self.shared.slots.get(w as usize) {
+            info.live.store(false, Ordering::Release);
+            info.blocks.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Slot `w`'s worker holds `blocks` blocks now.
+    pub fn set_slot_blocks(&self, w: u32, blocks: usize) {
+        if let Some(info) = self.shared.slots.get(w as usize) {
+            info.blocks.store(blocks as u64, Ordering::Relaxed);
+        }
     }
 
     pub fn block_count(&self) -> usize {

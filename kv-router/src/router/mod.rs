@@ -7,6 +7,11 @@
 //! With [`KvRouter::share_load`], every change to the requests it tracks is also written down
 //! as a [`LoadUpdate`] for the caller to send to the group's other replicas
 //! ([`crate::replicas`]); what they send comes back in through [`ReplicaLoads`].
+//!
+//! What is cached where comes from a [`CacheView`]: by default the router owns its
+//! [`KvIndex`] and is fed the events itself (one thread does both); built over an
+//! [`IndexReader`] it reads an index whose owner applies events elsewhere, concurrently (the
+//! service: routing does not wait for event application).
 
 use kvroute_protocol::api::BestWorkerResponse;
 use kvroute_protocol::events::RouterEvent;
@@ -17,7 +22,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::index::{IndexError, KvIndex};
+use crate::index::{IndexError, IndexReader, KvIndex, Overlap};
 use crate::load::{ActiveSequences, LoadError, WorkerLoad};
 use crate::replicas::{LoadUpdate, ReplicaLoads};
 use crate::select::{choose, costs, least_loaded, Candidate, CostModel, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
@@ -133,10 +138,52 @@ pub enum RouteError {
     Load(#[from] LoadError),
 }
 
+/// Where the router reads what each worker has cached.
+pub trait CacheView {
+    /// How many leading blocks of `query` each worker holds.
+    fn find_matches(&self, query: &[LocalBlockHash]) -> Vec<Overlap>;
+    /// How many blocks each of `workers` holds, in order (0 for a worker it does not know).
+    fn cached_blocks(&self, workers: &[Worker]) -> Vec<u64>;
+    /// `worker` became selectable. An index the router owns registers it; a view of an index
+    /// applied elsewhere leaves that to the index's owner.
+    fn worker_added(&mut self, _worker: Worker) {}
+    /// Every rank of `worker_id` left; as above, an owned index forgets their blocks.
+    fn worker_removed(&mut self, _worker_id: u64) {}
+}
+
+impl CacheView for KvIndex {
+    fn find_matches(&self, query: &[LocalBlockHash]) -> Vec<Overlap> {
+        KvIndex::find_matches(self, query)
+    }
+
+    fn cached_blocks(&self, workers: &[Worker]) -> Vec<u64> {
+        workers.iter().map(|&w| KvIndex::cached_blocks(self, w) as u64).collect()
+    }
+
+    fn worker_added(&mut self, worker: Worker) {
+        self.add_worker(worker);
+    }
+
+    fn worker_removed(&mut self, worker_id: u64) {
+        self.remove_worker(worker_id);
+    }
+}
+
+impl CacheView for IndexReader {
+    fn find_matches(&self, query: &[LocalBlockHash]) -> Vec<Overlap> {
+        IndexReader::find_matches(self, query)
+    }
+
+    fn cached_blocks(&self, workers: &[Worker]) -> Vec<u64> {
+        let held = IndexReader::cached_blocks(self);
+        workers.iter().map(|w| held.get(w).copied().unwrap_or(0)).collect()
+    }
+}
+
 /// The local KV router's state for one pool.
-pub struct KvRouter<R = SmallRng> {
+pub struct KvRouter<R = SmallRng, I = KvIndex> {
     config: KvRouterConfig,
-    index: KvIndex,
+    index: I,
     active: ActiveSequences,
     /// Selectable workers, sorted (a deterministic candidate order for seeded runs).
     workers: Vec<Worker>,
@@ -154,10 +201,41 @@ impl KvRouter<SmallRng> {
     }
 }
 
+impl KvRouter<SmallRng, IndexReader> {
+    /// A router that reads an index applied elsewhere (see the module docs); `seed` as in
+    /// [`KvRouter::with_seed`].
+    pub fn reading(config: KvRouterConfig, seed: u64, index: IndexReader) -> Result<Self, ConfigError> {
+        Self::with_rng_and_view(config, SmallRng::seed_from_u64(seed), index)
+    }
+}
+
 impl<R: Rng> KvRouter<R> {
     pub fn with_rng(config: KvRouterConfig, rng: R) -> Result<Self, ConfigError> {
+        Self::with_rng_and_view(config, rng, KvIndex::new())
+    }
+
+    pub fn index(&self) -> &KvIndex {
+        &self.index
+    }
+
+    pub fn apply_event(&mut self, event: &RouterEvent) -> Result<(), IndexError> {
+        self.index.apply_event(event)
+    }
+
+    /// Record an event the source could not convert because of a block-size mismatch.
+    pub fn record_block_size_mismatch(&mut self, worker: Worker) {
+        self.index.record_block_size_mismatch(worker);
+    }
+
+    pub fn dump_events(&self) -> Vec<RouterEvent> {
+        self.index.dump_events()
+    }
+}
+
+impl<R: Rng, I: CacheView> KvRouter<R, I> {
+    pub fn with_rng_and_view(config: KvRouterConfig, rng: R, index: I) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(KvRouter { config, index: KvIndex::new(), active: ActiveSequences::new(), workers: Vec::new(), rng, turn: 0, outbox: None })
+        Ok(KvRouter { config, index, active: ActiveSequences::new(), workers: Vec::new(), rng, turn: 0, outbox: None })
     }
 
     pub fn config(&self) -> &KvRouterConfig {
@@ -168,14 +246,14 @@ impl<R: Rng> KvRouter<R> {
     pub fn add_worker(&mut self, worker: Worker) {
         if let Err(i) = self.workers.binary_search(&worker) {
             self.workers.insert(i, worker);
-            self.index.add_worker(worker);
+            self.index.worker_added(worker);
         }
     }
 
     /// Take every rank of a worker out: not selectable, its cache and load forgotten.
     pub fn remove_worker(&mut self, worker_id: u64) {
         self.workers.retain(|w| w.worker_id != worker_id);
-        self.index.remove_worker(worker_id);
+        self.index.worker_removed(worker_id);
         for request_id in self.active.remove_worker(worker_id) {
             self.record(|| LoadUpdate::Freed { request_id });
         }
@@ -228,23 +306,6 @@ impl<R: Rng> KvRouter<R> {
         &self.workers
     }
 
-    pub fn index(&self) -> &KvIndex {
-        &self.index
-    }
-
-    pub fn apply_event(&mut self, event: &RouterEvent) -> Result<(), IndexError> {
-        self.index.apply_event(event)
-    }
-
-    /// Record an event the source could not convert because of a block-size mismatch.
-    pub fn record_block_size_mismatch(&mut self, worker: Worker) {
-        self.index.record_block_size_mismatch(worker);
-    }
-
-    pub fn dump_events(&self) -> Vec<RouterEvent> {
-        self.index.dump_events()
-    }
-
     pub fn load(&self, worker: Worker) -> WorkerLoad {
         self.active.load(worker)
     }
@@ -253,16 +314,18 @@ impl<R: Rng> KvRouter<R> {
     pub fn candidates(&self, request: &BlockedRequest) -> Vec<Candidate> {
         let overlaps: FxHashMap<Worker, u32> =
             self.index.find_matches(&request.local).into_iter().map(|o| (o.worker, o.blocks)).collect();
+        let cached_blocks = self.index.cached_blocks(&self.workers);
         self.workers
             .iter()
-            .map(|&worker| {
+            .zip(cached_blocks)
+            .map(|(&worker, cached_blocks)| {
                 let load = self.active.load(worker);
                 let new_blocks = self.active.new_blocks(worker, &request.sequence) + request.unhashed_blocks as usize;
                 Candidate {
                     worker,
                     overlap_blocks: overlaps.get(&worker).copied().unwrap_or(0),
                     in_flight_prefix_blocks: (request.blocks() as usize - new_blocks) as u32,
-                    cached_blocks: self.index.cached_blocks(worker) as u64,
+                    cached_blocks,
                     active_prefill_tokens: load.active_prefill_tokens,
                     potential_decode_blocks: new_blocks as u64 + load.active_blocks,
                     active_requests: load.active_requests,
@@ -394,7 +457,7 @@ impl<R: Rng> KvRouter<R> {
 }
 
 /// Other replicas' requests count against the workers like this replica's own.
-impl<R> ReplicaLoads for KvRouter<R> {
+impl<R, I> ReplicaLoads for KvRouter<R, I> {
     fn apply_replica_update(&mut self, replica: &str, update: &LoadUpdate) {
         match update {
             LoadUpdate::Routed { request_id, worker_id, dp_rank, prefill_tokens, blocks } => {

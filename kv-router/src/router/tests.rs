@@ -1,6 +1,7 @@
 //! KvRouter behaviour: routing follows the cache, tracking follows the lifecycle.
 
 use super::*;
+use rand::rngs::SmallRng;
 use crate::select::{CostModel, RouterMode};
 use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, KvCacheStoreData, StoredBlock};
 
@@ -20,7 +21,7 @@ fn prompt(n: u32, salt: u32) -> Vec<u32> {
 }
 
 /// The event an engine emits after caching `tokens` (engine hashes = sequence hashes).
-fn cached(router: &mut KvRouter, worker: Worker, tokens: &[u32]) {
+fn stored_event(worker: Worker, tokens: &[u32]) -> RouterEvent {
     let req = BlockedRequest::from_tokens(tokens, BS, HashSeed::default());
     let blocks = req
         .local
@@ -28,8 +29,47 @@ fn cached(router: &mut KvRouter, worker: Worker, tokens: &[u32]) {
         .zip(&req.sequence)
         .map(|(l, s)| StoredBlock { block_hash: EngineBlockHash(s.0), tokens_hash: *l })
         .collect();
-    let ev = RouterEvent::new(worker, 0, KvCacheEventData::Stored(KvCacheStoreData { parent_hash: None, blocks }));
-    router.apply_event(&ev).unwrap();
+    RouterEvent::new(worker, 0, KvCacheEventData::Stored(KvCacheStoreData { parent_hash: None, blocks }))
+}
+
+fn cached(router: &mut KvRouter, worker: Worker, tokens: &[u32]) {
+    router.apply_event(&stored_event(worker, tokens)).unwrap();
+}
+
+/// A router reading an index that events are applied to elsewhere (the service's layout)
+/// decides exactly as one that owns its index, and sees what is applied after it was built.
+#[test]
+fn a_router_reading_an_index_applied_elsewhere_routes_like_one_that_owns_it() {
+    let config = KvRouterConfig { block_size: BS, ..KvRouterConfig::default() };
+    let mut index = KvIndex::new();
+    let mut reading = KvRouter::reading(config.clone(), 42, index.reader()).unwrap();
+    let mut owning = router();
+    for w in [A, B] {
+        reading.add_worker(w);
+        index.add_worker(w);
+    }
+    let (long, short, other) = (prompt(64, 1), prompt(24, 2), prompt(48, 3)); // B holds 16 blocks, A 18
+    for (worker, tokens) in [(B, &long), (A, &short), (A, &other)] {
+        let ev = stored_event(worker, tokens);
+        index.apply_event(&ev).unwrap();
+        owning.apply_event(&ev).unwrap();
+    }
+    let both = |tokens: &[u32], reading: &mut KvRouter<SmallRng, IndexReader>, owning: &mut KvRouter| {
+        let req = BlockedRequest::from_tokens(tokens, BS, HashSeed::default());
+        let (r, o) = (reading.best_worker(&req, RouteOptions::default()).unwrap(), owning.best_worker(&req, RouteOptions::default()).unwrap());
+        assert_eq!((r.worker, r.overlap_blocks, r.cost), (o.worker, o.overlap_blocks, o.cost), "prompt of {} tokens", tokens.len());
+        assert_eq!(reading.candidates(&req), owning.candidates(&req), "the same figures, block counts included");
+        r
+    };
+    assert_eq!(both(&long, &mut reading, &mut owning).worker, B);
+    assert_eq!(both(&short, &mut reading, &mut owning).worker, A);
+    // An unseen prompt ties on cost; both break it toward the worker holding fewer blocks.
+    assert_eq!(both(&prompt(32, 9), &mut reading, &mut owning).worker, B);
+    // Taken out: the index's owner forgets the worker, the router stops choosing it.
+    index.remove_worker(B.worker_id);
+    reading.remove_worker(B.worker_id);
+    owning.remove_worker(B.worker_id);
+    assert_eq!(both(&long, &mut reading, &mut owning).worker, A);
 }
 
 #[test]

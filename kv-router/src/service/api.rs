@@ -251,7 +251,7 @@ pub async fn free(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 }
 
 pub async fn dump_events(State(shared): State<Arc<Shared>>) -> Response {
-    let events = shared.router().dump_events();
+    let events = shared.index().dump_events();
     Json(events).into_response()
 }
 
@@ -273,9 +273,9 @@ pub async fn events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     }
     let mut rejected = Vec::new();
     {
-        let mut router = shared.router();
+        let mut index = shared.index();
         for (i, ev) in events.iter().enumerate() {
-            if let Err(e) = router.apply_event(ev) {
+            if let Err(e) = index.apply_event(ev) {
                 rejected.push(json!({"index": i, "error": e.to_string()}));
             }
         }
@@ -286,6 +286,7 @@ pub async fn events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 
 pub async fn workers(State(shared): State<Arc<Shared>>) -> Response {
     let router = shared.router();
+    let index = shared.index();
     let list: Vec<Value> = shared
         .workers
         .iter()
@@ -295,9 +296,9 @@ pub async fn workers(State(shared): State<Arc<Shared>>) -> Response {
                 .map(|worker| {
                     json!({
                         "dp_rank": worker.dp_rank,
-                        "cached_blocks": router.index().cached_blocks(worker),
+                        "cached_blocks": index.cached_blocks(worker),
                         "load": router.load(worker),
-                        "events": router.index().stats(worker),
+                        "events": index.stats(worker),
                     })
                 })
                 .collect();

@@ -45,14 +45,14 @@ pub(crate) trait EventSink {
     }
 }
 
-/// The router's sink: its index.
+/// The router's sink: the index it reads.
 impl EventSink for Shared {
     fn batch(&self, worker: Worker, batch: &EventBatch) {
         apply(self, worker, batch);
     }
 
     fn clear(&self, worker: Worker) {
-        let _ = self.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+        let _ = self.index().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
     }
 
     fn undecodable(&self, worker: Worker) {
@@ -235,13 +235,13 @@ fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
     let worker = Worker::new(worker.worker_id, batch.dp_rank.unwrap_or(worker.dp_rank));
     let label = worker.worker_id.to_string();
     let block_size = shared.config.router.block_size as usize;
-    // Convert (hash every stored block's tokens) before taking the router's lock: requests
-    // being routed wait only for the index updates themselves.
+    // Convert (hash every stored block's tokens) before taking the index's lock (requests being
+    // routed do not wait for it, but other event sources do).
     let converted: Vec<_> = batch.events.iter().map(|event| event.to_kv_event(block_size, HashSeed::default())).collect();
-    let mut router = shared.router();
+    let mut index = shared.index();
     for data in converted {
         match data {
-            Ok(data) => match router.apply_event(&RouterEvent::new(worker, 0, data)) {
+            Ok(data) => match index.apply_event(&RouterEvent::new(worker, 0, data)) {
                 Ok(()) => shared.metrics.events_applied.with_label_values(&[&label]).inc(),
                 Err(e) => {
                     shared.metrics.events_rejected.with_label_values(&[&label, "index"]).inc();
@@ -249,7 +249,7 @@ fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
                 }
             },
             Err(e @ ConvertError::BlockSizeMismatch { .. }) => {
-                router.record_block_size_mismatch(worker);
+                index.record_block_size_mismatch(worker);
                 shared.metrics.events_rejected.with_label_values(&[&label, "block_size"]).inc();
                 tracing::error!(%worker, error = %e, "KV event rejected");
             }

@@ -94,7 +94,7 @@ impl Metrics {
     }
 
     pub fn render(&self, shared: &Shared) -> String {
-        self.index_blocks.set(shared.router().index().distinct_blocks() as f64);
+        self.index_blocks.set(shared.index().distinct_blocks() as f64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "encoding metrics failed");

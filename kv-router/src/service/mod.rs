@@ -1,8 +1,10 @@
 //! The local KV router as a service: Dynamo's `KvRouter` API over HTTP, fed by the workers' KV
 //! events on ZMQ, proxying `generate` to the chosen worker.
 //!
-//! I/O edge around the pure core ([`crate::router::KvRouter`], behind one mutex: every call
-//! is microseconds). Owns:
+//! I/O edge around the pure core. The router ([`crate::router::KvRouter`]: load and selection)
+//! and the KV index it reads are behind separate mutexes (every call is microseconds): event
+//! sources apply events to the index while requests are routed, and the router reads the index
+//! through an [`IndexReader`], which waits for no writer. Owns:
 //! - [`config`]: the service's typed configuration (workers, selection, limits);
 //! - `api`: the JSON endpoints (`/best_worker`, `/potential_loads`, lifecycle, events, dumps);
 //! - `generate`: `/v1/completions` and `/v1/chat/completions` — route, forward, stream back,
@@ -44,6 +46,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{ReplicaSyncConfig, ServiceConfig, WorkerSpec};
 
+use crate::index::{IndexReader, KvIndex};
 use crate::replicas::LoadUpdate;
 use crate::router::KvRouter;
 use crate::select::ConfigError;
@@ -80,9 +83,14 @@ impl WorkerRuntime {
     }
 }
 
+/// The service's router: it reads an index that the event sources apply to.
+pub(crate) type ServiceRouter = KvRouter<rand::rngs::SmallRng, IndexReader>;
+
 pub(crate) struct Shared {
     pub config: ServiceConfig,
-    router: Mutex<KvRouter>,
+    /// When both are held, the router is taken first.
+    router: Mutex<ServiceRouter>,
+    index: Mutex<KvIndex>,
     pub tokenizer: Arc<Tokenizer>,
     /// Recently tokenized prompts: a probe and the request after it tokenize once, and a prompt
     /// that begins like a recent one tokenizes only what is new.
@@ -101,6 +109,12 @@ impl Shared {
         RouterGuard { router: self.router.lock().unwrap_or_else(|e| e.into_inner()), load_updates: self.load_updates.as_ref() }
     }
 
+    /// The KV index, to apply events or read its dump and counters. Held for microseconds;
+    /// routing does not wait for it.
+    pub fn index(&self) -> MutexGuard<'_, KvIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn worker(&self, worker_id: u64) -> Option<&WorkerRuntime> {
         self.workers.iter().find(|w| w.worker_id == worker_id)
     }
@@ -115,6 +129,7 @@ impl Shared {
         if w.healthy.swap(false, Ordering::SeqCst) {
             tracing::warn!(worker_id = w.worker_id, url = %w.spec.url, reason = why, "worker taken out of selection");
             self.router().remove_worker(w.worker_id);
+            self.index().remove_worker(w.worker_id);
             self.metrics.worker_healthy.with_label_values(&[&w.worker_id.to_string()]).set(0.0);
         }
     }
@@ -128,6 +143,11 @@ impl Shared {
                 router.add_worker(worker);
             }
             drop(router);
+            let mut index = self.index();
+            for worker in w.dp_workers() {
+                index.add_worker(worker);
+            }
+            drop(index);
             w.reconnect.send_modify(|g| *g += 1);
             self.metrics.worker_healthy.with_label_values(&[&w.worker_id.to_string()]).set(1.0);
         }
@@ -137,19 +157,19 @@ impl Shared {
 /// The locked router core. When replicas share load, what the holder changed leaves for the
 /// other replicas as the lock is released, in the order the changes were made.
 pub(crate) struct RouterGuard<'a> {
-    router: MutexGuard<'a, KvRouter>,
+    router: MutexGuard<'a, ServiceRouter>,
     load_updates: Option<&'a mpsc::UnboundedSender<Vec<LoadUpdate>>>,
 }
 
 impl Deref for RouterGuard<'_> {
-    type Target = KvRouter;
-    fn deref(&self) -> &KvRouter {
+    type Target = ServiceRouter;
+    fn deref(&self) -> &ServiceRouter {
         &self.router
     }
 }
 
 impl DerefMut for RouterGuard<'_> {
-    fn deref_mut(&mut self) -> &mut KvRouter {
+    fn deref_mut(&mut self) -> &mut ServiceRouter {
         &mut self.router
     }
 }
@@ -207,7 +227,8 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
     let seed = config.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     });
-    let mut router = KvRouter::with_seed(config.router.clone(), seed)?;
+    let mut index = KvIndex::new();
+    let mut router = KvRouter::reading(config.router.clone(), seed, index.reader())?;
     let metrics = metrics::Metrics::new();
     let (load_updates, outgoing) = match &config.replica_sync {
         Some(_) => {
@@ -228,6 +249,7 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
     for w in &workers {
         for worker in w.dp_workers() {
             router.add_worker(worker);
+            index.add_worker(worker);
         }
         metrics.worker_healthy.with_label_values(&[&w.worker_id.to_string()]).set(1.0);
     }
@@ -237,6 +259,7 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
     let shared = Arc::new(Shared {
         http: kvroute_serve::Upstream::new(),
         router: Mutex::new(router),
+        index: Mutex::new(index),
         tokenizer,
         encoded: kvroute_tokenizer::RecentTexts::default(),
         workers,

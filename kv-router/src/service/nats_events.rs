@@ -100,7 +100,7 @@ async fn consume(shared: Arc<Shared>, stream: stream::Stream, index: usize, rank
             }
         }
         // Starting over from the stream's beginning: forget what this consumer applied.
-        let _ = shared.router().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+        let _ = shared.index().apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
     }
 }
 
@@ -130,7 +130,7 @@ fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: 
             }
         }
     }
-    let mut router = shared.router();
+    let mut index = shared.index();
     for ev in &events {
         if ev.worker() != worker {
             shared.metrics.events_rejected.with_label_values(&[&label, "malformed"]).inc();
@@ -146,17 +146,17 @@ fn handle(shared: &Shared, worker: Worker, expected: &mut Option<u64>, payload: 
             }
             Some(next) if id < next => {
                 tracing::info!(%worker, event_id = id, "KV event ids restarted (the worker restarted): clearing");
-                let _ = router.apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+                let _ = index.apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
             }
             Some(next) if id > next => {
                 shared.gap(worker, false); // nothing to fill it from: counted as a resync too
                 tracing::warn!(%worker, missing_from = next, got = id, "KV events lost: clearing this worker's index entries");
-                let _ = router.apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
+                let _ = index.apply_event(&RouterEvent::new(worker, 0, KvCacheEventData::Cleared));
             }
             _ => {}
         }
         *expected = Some(id + 1);
-        match router.apply_event(ev) {
+        match index.apply_event(ev) {
             Ok(()) => shared.metrics.events_applied.with_label_values(&[&label]).inc(),
             Err(e) => {
                 shared.metrics.events_rejected.with_label_values(&[&label, "index"]).inc();
