@@ -22,6 +22,10 @@
 //!   in place of what they held under the same ids — so a replica joining a busy group counts
 //!   the long streams already running, not only what starts after it;
 //! - updates about requests the receiver does not know (sent before it joined) are ignored.
+//!
+//! A batch is cut into as many messages as the bus's payload limit needs ([`pack`]); a
+//! request whose sequence hashes alone exceed it (a very long prompt) is sent as `routed` with
+//! the first hashes, then `more_blocks` with the rest, in order.
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -33,6 +37,9 @@ pub enum LoadUpdate {
     /// A request was routed to `(worker_id, dp_rank)`: `prefill_tokens` to compute there, and
     /// the sequence hashes of its blocks.
     Routed { request_id: String, worker_id: u64, dp_rank: u32, prefill_tokens: u64, blocks: Vec<u64> },
+    /// Further sequence hashes of a request `routed` in an earlier update (its prompt's hashes
+    /// did not fit in one message).
+    MoreBlocks { request_id: String, blocks: Vec<u64> },
     PrefillComplete { request_id: String },
     Freed { request_id: String },
 }
@@ -50,6 +57,53 @@ pub struct ReplicaMessage {
     /// The sender asks every replica to announce all its requests in flight again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resend: bool,
+}
+
+/// Room left in a message for numbers the size of the sequence number (and the `resend` flag),
+/// beyond what an empty message with sequence number 0 takes.
+const ENVELOPE_SLACK: usize = 48;
+/// The most a sequence hash takes in JSON: 20 digits and a comma.
+const HASH_BYTES: usize = 21;
+
+/// Cut `updates` into numbered messages (from `first_seq`) whose JSON each fits in
+/// `max_bytes`, in order; the `resend` request rides on the first. An empty batch is one
+/// message (a heartbeat). A `routed` update too large for a message on its own is split into
+/// `routed` with its first hashes and `more_blocks` with the rest.
+pub fn pack(replica: &str, first_seq: u64, updates: Vec<LoadUpdate>, resend: bool, max_bytes: usize) -> Vec<ReplicaMessage> {
+    let envelope = json_len(&ReplicaMessage { replica: replica.to_owned(), seq: 0, updates: Vec::new(), resend: false });
+    let room = max_bytes.saturating_sub(envelope + ENVELOPE_SLACK).max(1);
+    let mut batches: Vec<Vec<LoadUpdate>> = vec![Vec::new()];
+    let mut used = 0;
+    for update in updates.into_iter().flat_map(|u| split_to_fit(u, room)) {
+        let size = json_len(&update) + 1; // and a comma
+        if used + size > room && !batches.last().is_some_and(Vec::is_empty) {
+            batches.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        batches.last_mut().expect("at least one batch").push(update);
+    }
+    batches
+        .into_iter()
+        .enumerate()
+        .map(|(i, updates)| ReplicaMessage { replica: replica.to_owned(), seq: first_seq + i as u64, updates, resend: resend && i == 0 })
+        .collect()
+}
+
+/// One update, or a `routed` one cut into parts that each fit in `room` bytes.
+fn split_to_fit(update: LoadUpdate, room: usize) -> Vec<LoadUpdate> {
+    let LoadUpdate::Routed { request_id, worker_id, dp_rank, prefill_tokens, mut blocks } = update else { return vec![update] };
+    let header = LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks: Vec::new() };
+    // `more_blocks` parts carry less besides their hashes than `routed`, so they fit too.
+    let per_part = (room.saturating_sub(json_len(&header) + 1) / HASH_BYTES).max(1);
+    let rest = blocks.split_off(per_part.min(blocks.len()));
+    let mut out = vec![LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks }];
+    out.extend(rest.chunks(per_part).map(|part| LoadUpdate::MoreBlocks { request_id: request_id.clone(), blocks: part.to_vec() }));
+    out
+}
+
+fn json_len(value: &impl Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
 }
 
 /// How a received message fitted the sender's sequence.
@@ -180,6 +234,57 @@ mod tests {
         assert_eq!(peers.len(), 1);
         // Heard again later: a new replica as far as the receiver knows.
         assert_eq!(peers.receive(&mut log, &message("a", 3, vec![]), 5_000), Continuity::NewReplica);
+    }
+
+    /// The updates a receiver ends up with: `more_blocks` parts folded into their `routed`.
+    fn reassembled(messages: &[ReplicaMessage]) -> Vec<LoadUpdate> {
+        let mut out: Vec<LoadUpdate> = Vec::new();
+        for update in messages.iter().flat_map(|m| m.updates.iter().cloned()) {
+            match update {
+                LoadUpdate::MoreBlocks { request_id, blocks } => {
+                    let routed = out.iter_mut().rev().find_map(|u| match u {
+                        LoadUpdate::Routed { request_id: id, blocks, .. } if *id == request_id => Some(blocks),
+                        _ => None,
+                    });
+                    routed.expect("more_blocks follows its routed").extend(blocks);
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn batches_and_long_prompts_are_cut_to_the_payload_limit() {
+        let routed = |id: &str, n: u64| LoadUpdate::Routed {
+            request_id: id.into(),
+            worker_id: u64::MAX,
+            dp_rank: 3,
+            prefill_tokens: n * 16,
+            blocks: (0..n).map(|i| u64::MAX - i).collect(),
+        };
+        let updates = vec![
+            freed("before"),
+            routed("long", 5_000), // ≈ 105 KB of hashes
+            LoadUpdate::PrefillComplete { request_id: "long".into() },
+            routed("short", 10),
+            freed("after"),
+        ];
+        let messages = pack("replica-7", 41, updates.clone(), true, 4_096);
+        assert!(messages.len() > 25, "{} messages", messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let bytes = serde_json::to_vec(m).unwrap().len();
+            assert!(bytes <= 4_096, "message {i} is {bytes} bytes");
+            assert_eq!(m.seq, 41 + i as u64);
+            assert_eq!(m.resend, i == 0);
+            assert!(!m.updates.is_empty());
+        }
+        assert_eq!(reassembled(&messages), updates);
+        // Under a generous limit: one message, as before.
+        let one = pack("replica-7", 41, updates.clone(), false, 1 << 20);
+        assert_eq!(one, vec![ReplicaMessage { replica: "replica-7".into(), seq: 41, updates, resend: false }]);
+        // Nothing to say: a heartbeat.
+        assert_eq!(pack("r", 0, Vec::new(), false, 4_096), vec![message("r", 0, vec![])]);
     }
 
     #[test]

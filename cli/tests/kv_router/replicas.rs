@@ -8,22 +8,25 @@ use serde_json::{json, Value};
 
 use crate::support::{self, Process};
 
-/// Active prefill tokens on `worker_id` as `router` sees them.
-async fn prefill_on(client: &reqwest::Client, router: &Process, worker_id: u64) -> u64 {
+/// One figure of `worker_id`'s load (`active_prefill_tokens`, `active_blocks`, …) as `router`
+/// sees it.
+async fn load_on(client: &reqwest::Client, router: &Process, worker_id: u64, figure: &str) -> u64 {
     let w: Value = client.get(format!("{}/workers", router.router_http())).send().await.unwrap().json().await.unwrap();
     let worker = w["workers"].as_array().unwrap().iter().find(|w| w["worker_id"].as_u64() == Some(worker_id)).expect("worker listed");
-    worker["ranks"][0]["load"]["active_prefill_tokens"].as_u64().unwrap()
+    worker["ranks"][0]["load"][figure].as_u64().unwrap()
+}
+
+async fn wait_load_on(client: &reqwest::Client, router: &Process, worker_id: u64, figure: &str, value: u64, what: &str) {
+    let seen = support::eventually(Duration::from_secs(10), || async { (load_on(client, router, worker_id, figure).await == value).then_some(()) }).await;
+    assert!(seen.is_some(), "{what}: worker {worker_id} never showed {figure} {value} (now {})", load_on(client, router, worker_id, figure).await);
 }
 
 async fn wait_prefill_on(client: &reqwest::Client, router: &Process, worker_id: u64, tokens: u64, what: &str) {
-    let seen = support::eventually(Duration::from_secs(10), || async { (prefill_on(client, router, worker_id).await == tokens).then_some(()) }).await;
-    assert!(seen.is_some(), "{what}: worker {worker_id} never showed {tokens} prefill tokens (now {})", prefill_on(client, router, worker_id).await);
+    wait_load_on(client, router, worker_id, "active_prefill_tokens", tokens, what).await
 }
 
-#[tokio::test]
-async fn replicas_share_load_through_nats_and_forget_a_replica_that_died() {
-    let Some(nats) = support::nats_server() else { return };
-    let mockers: Vec<Process> = (0..2).map(|_| support::mocker(&["--block-size", "16"])).collect();
+/// Two replicas of group "chat" on `nats`, heard by each other, over `mockers`.
+async fn joined_replicas(nats: &support::NatsServer, mockers: &[Process], client: &reqwest::Client) -> (Process, Process) {
     let refs: Vec<&Process> = mockers.iter().collect();
     let replica = |id: &str| {
         support::kv_router(
@@ -31,15 +34,23 @@ async fn replicas_share_load_through_nats_and_forget_a_replica_that_died() {
             &["--block-size", "16", "--replica-sync", &nats.url, "--router-group", "chat", "--replica-id", id, "--replica-heartbeat-ms", "200"],
         )
     };
-    let (mut one, two) = (replica("one"), replica("two"));
-    let client = reqwest::Client::new();
+    let (one, two) = (replica("one"), replica("two"));
     for r in [&one, &two] {
         let joined = support::eventually(Duration::from_secs(10), || async {
-            (support::metric(&client, &r.router_http(), "kvroute_router_replica_peers").await == 1.0).then_some(())
+            (support::metric(client, &r.router_http(), "kvroute_router_replica_peers").await == 1.0).then_some(())
         })
         .await;
         assert!(joined.is_some(), "the replicas never heard each other");
     }
+    (one, two)
+}
+
+#[tokio::test]
+async fn replicas_share_load_through_nats_and_forget_a_replica_that_died() {
+    let Some(nats) = support::nats_server() else { return };
+    let mockers: Vec<Process> = (0..2).map(|_| support::mocker(&["--block-size", "16"])).collect();
+    let client = reqwest::Client::new();
+    let (mut one, two) = joined_replicas(&nats, &mockers, &client).await;
 
     // Replica one routes a long request (tracked): replica two counts it on the same worker.
     let long: Vec<u32> = (0..2048).map(|i| i % 3000 + 5).collect();
@@ -68,6 +79,26 @@ async fn replicas_share_load_through_nats_and_forget_a_replica_that_died() {
     one.kill();
     wait_prefill_on(&client, &two, loaded, 0, "after replica one died").await;
     assert_eq!(support::metric(&client, &two.router_http(), "kvroute_router_replica_peers").await, 0.0);
+}
+
+/// A prompt whose block hashes do not fit in one message the server accepts (8,192 tokens at
+/// block 16: 512 hashes, ≈ 10 KB of JSON, against a 4 KB limit) reaches the other replica
+/// whole, in parts.
+#[tokio::test]
+async fn a_prompt_too_long_for_one_nats_message_counts_whole_on_the_other_replica() {
+    let Some(nats) = support::nats_server_with_max_payload(4_096) else { return };
+    let mockers: Vec<Process> = (0..2).map(|_| support::mocker(&["--block-size", "16"])).collect();
+    let client = reqwest::Client::new();
+    let (one, two) = joined_replicas(&nats, &mockers, &client).await;
+    let long: Vec<u32> = (0..8192).map(|i| i % 3000 + 5).collect();
+    let routed = support::post_json(&client, &format!("{}/best_worker", one.router_http()), &json!({"token_ids": long, "request_id": "big"})).await;
+    let loaded = routed["worker_id"].as_u64().expect("a worker");
+    assert_eq!(load_on(&client, &one, loaded, "active_blocks").await, 512);
+    wait_prefill_on(&client, &two, loaded, 8192, "replica two").await;
+    wait_load_on(&client, &two, loaded, "active_blocks", 512, "replica two").await;
+    assert_eq!(support::metric(&client, &two.router_http(), "kvroute_router_replica_resyncs_total").await, 0.0, "nothing was lost");
+    support::post_json(&client, &format!("{}/free", one.router_http()), &json!({"request_id": "big"})).await;
+    wait_load_on(&client, &two, loaded, "active_blocks", 0, "after the free").await;
 }
 
 #[tokio::test]

@@ -179,7 +179,12 @@ impl Drop for NatsServer {
 /// None when it is not installed — unless `KVROUTE_REQUIRE_NATS` is set (the test script sets
 /// it after installing the server), then missing it is a failure.
 pub fn nats_server() -> Option<NatsServer> {
-    start_nats("-1") // the server picks a free port and logs it
+    start_nats("-1", None) // the server picks a free port and logs it
+}
+
+/// [`nats_server`] accepting messages of at most `bytes` (NATS's default is 1 MB).
+pub fn nats_server_with_max_payload(bytes: usize) -> Option<NatsServer> {
+    start_nats("-1", Some(&format!("max_payload: {bytes}\n")))
 }
 
 /// A free loopback port (for a server started later on it).
@@ -189,10 +194,12 @@ pub fn free_port() -> u16 {
 
 /// [`nats_server`] on a given port.
 pub fn nats_server_on(port: u16) -> Option<NatsServer> {
-    start_nats(&port.to_string())
+    start_nats(&port.to_string(), None)
 }
 
-fn start_nats(port: &str) -> Option<NatsServer> {
+/// Start nats-server with JetStream on `port`, with `config` (nats-server's config file
+/// syntax) if given.
+fn start_nats(port: &str, config: Option<&str>) -> Option<NatsServer> {
     let candidates = std::env::var("NATS_SERVER_BIN").into_iter().chain(["nats-server".to_owned(), "/usr/sbin/nats-server".to_owned()]);
     let binary = candidates.into_iter().find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
     let Some(binary) = binary else {
@@ -203,7 +210,14 @@ fn start_nats(port: &str) -> Option<NatsServer> {
     static STORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let store = std::env::temp_dir().join(format!("kvroute-nats-{}-{n}", std::process::id()));
-    let mut child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    if let Some(config) = config {
+        std::fs::create_dir_all(&store).expect("nats store directory");
+        let file = store.join("kvroute-test.conf");
+        std::fs::write(&file, config).expect("nats config written");
+        command.arg("-c").arg(file);
+    }
+    let mut child = command
         .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
         .arg(&store)
         .stdout(Stdio::null())

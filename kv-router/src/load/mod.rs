@@ -111,6 +111,15 @@ impl ActiveSequences {
         self.replicas.entry(replica.to_owned()).or_default().insert(request_id.to_owned(), request);
     }
 
+    /// More blocks of another replica's request (sent apart because of their number); false
+    /// if it is not tracked.
+    pub fn extend_replica_request(&mut self, replica: &str, request_id: &str, blocks: &[SequenceHash]) -> bool {
+        let Some(request) = self.replicas.get_mut(replica).and_then(|r| r.get_mut(request_id)) else { return false };
+        hold(self.workers.entry(request.worker).or_default(), blocks);
+        request.blocks.extend_from_slice(blocks);
+        true
+    }
+
     /// Another replica's request finished its prefill; false if it is not tracked.
     pub fn replica_prefill_complete(&mut self, replica: &str, request_id: &str) -> bool {
         match self.replicas.get_mut(replica).and_then(|r| r.get_mut(request_id)) {
@@ -204,10 +213,15 @@ fn occupy(workers: &mut FxHashMap<Worker, WorkerState>, worker: Worker, prefill_
     state.prefill_tokens += prefill_tokens;
     state.requests += 1;
     state.prefilling += 1;
+    hold(state, blocks);
+    ActiveRequest { worker, prefill_tokens, prefilling: true, blocks: blocks.to_vec() }
+}
+
+/// One more reference to each of `blocks` on the worker.
+fn hold(state: &mut WorkerState, blocks: &[SequenceHash]) {
     for &b in blocks {
         *state.blocks.entry(b).or_insert(0) += 1;
     }
-    ActiveRequest { worker, prefill_tokens, prefilling: true, blocks: blocks.to_vec() }
 }
 
 /// Stop counting a request's prompt as prefill load (idempotent).
@@ -242,6 +256,18 @@ mod tests {
 
     fn hashes(v: &[u64]) -> Vec<SequenceHash> {
         v.iter().map(|&h| SequenceHash(h)).collect()
+    }
+
+    #[test]
+    fn a_replica_request_sent_in_parts_weighs_like_one_sent_whole() {
+        let (mut whole, mut parts) = (ActiveSequences::new(), ActiveSequences::new());
+        whole.add_replica_request("b", "q", W, 64, &hashes(&[1, 2, 3, 4, 5]));
+        parts.add_replica_request("b", "q", W, 64, &hashes(&[1, 2]));
+        assert!(parts.extend_replica_request("b", "q", &hashes(&[3, 4, 5])));
+        assert_eq!(parts.load(W), whole.load(W));
+        assert!(!parts.extend_replica_request("b", "unknown", &hashes(&[9])), "a request never routed is ignored");
+        assert!(parts.free_replica_request("b", "q"));
+        assert_eq!(parts.load(W), WorkerLoad::default(), "freeing releases the parts too");
     }
 
     #[test]

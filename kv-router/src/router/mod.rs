@@ -464,6 +464,10 @@ impl<R, I> ReplicaLoads for KvRouter<R, I> {
                 let blocks: Vec<SequenceHash> = blocks.iter().map(|&h| SequenceHash(h)).collect();
                 self.active.add_replica_request(replica, request_id, Worker::new(*worker_id, *dp_rank), *prefill_tokens, &blocks);
             }
+            LoadUpdate::MoreBlocks { request_id, blocks } => {
+                let blocks: Vec<SequenceHash> = blocks.iter().map(|&h| SequenceHash(h)).collect();
+                self.active.extend_replica_request(replica, request_id, &blocks);
+            }
             LoadUpdate::PrefillComplete { request_id } => {
                 self.active.replica_prefill_complete(replica, request_id);
             }

@@ -1,7 +1,8 @@
 //! Replica sync over NATS: publish what this replica routes, count what the others route.
 //!
 //! One task per router. Every batch of this replica's load updates (the changes made under
-//! one hold of the router lock) becomes one numbered [`ReplicaMessage`] on
+//! one hold of the router lock) becomes one numbered [`ReplicaMessage`] (or several, cut to
+//! the server's payload limit) on
 //! `kvroute.load.<group>`; a heartbeat (an empty message) goes out every interval. Messages
 //! from the other replicas are applied through [`Peers`], which drops what it held for a
 //! replica when its numbering jumps, and releases the requests of a replica silent for three
@@ -21,7 +22,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::replicas::{Continuity, LoadUpdate, Peers, ReplicaMessage};
+use crate::replicas::{pack, Continuity, LoadUpdate, Peers, ReplicaMessage};
 
 /// Run replica sync for the router's lifetime.
 pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<LoadUpdate>>) {
@@ -84,11 +85,17 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
                 Vec::new()
             }
         };
-        let message = ReplicaMessage { replica: sync.replica_id.clone(), seq, updates, resend: std::mem::take(&mut ask_resend) };
-        seq += 1;
-        let payload = serde_json::to_vec(&message).expect("load updates serialize");
-        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
-            tracing::warn!(error = %e, "replica sync: publishing failed; the other replicas will start this replica's view over");
+        // The limit the server announced (0 until it has: then NATS's default).
+        let max_payload = match client.server_info().max_payload {
+            0 => 1 << 20,
+            n => n,
+        };
+        for message in pack(&sync.replica_id, seq, updates, std::mem::take(&mut ask_resend), max_payload) {
+            seq += 1;
+            let payload = serde_json::to_vec(&message).expect("load updates serialize");
+            if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+                tracing::warn!(error = %e, "replica sync: publishing failed; the other replicas will start this replica's view over");
+            }
         }
     }
 }
