@@ -11,7 +11,11 @@
 //!   the same request sent to a mocker directly: the difference is the router's overhead;
 //! - the same through a global router in front of that router: the difference is the global
 //!   router's overhead. With one pool there is nothing to decide and it only forwards; with two
-//!   pools (both served by that router) it probes both in parallel (`kv_overlap`), then forwards.
+//!   pools (both served by that router) it probes both in parallel (`kv_overlap`), then forwards;
+//! - `best_worker` and `GET /health` again while another connection floods the router with KV
+//!   events (`POST /events`: a worker stores 32,768 blocks in 32 events, then removes them, over
+//!   and over — what long-context prefills and evictions send), against the same pair measured
+//!   quiet just before: how much routing waits for event application.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +81,27 @@ async fn measure(client: &reqwest::Client, n: usize, calls: &[Call]) -> Vec<(Dur
             (percentile(&s, 0.5), percentile(&s, 0.99))
         })
         .collect()
+}
+
+/// Blocks per event, and events per body, of the flood.
+const FLOOD_EVENT_BLOCKS: u64 = 1024;
+const FLOOD_EVENTS: u64 = 32;
+
+/// Bodies for `POST /events`: `worker_id` stores a chain of FLOOD_EVENTS × FLOOD_EVENT_BLOCKS
+/// blocks that nothing else holds, then removes it.
+fn flood_bodies(worker_id: u64) -> [Vec<u8>; 2] {
+    let name = |i: u64| (1u64 << 40) + i;
+    let per = FLOOD_EVENT_BLOCKS;
+    let stored: Vec<Value> = (0..FLOOD_EVENTS)
+        .map(|e| {
+            let blocks: Vec<Value> = (e * per..(e + 1) * per).map(|i| json!({"block_hash": name(i), "tokens_hash": (7u64 << 50) + i})).collect();
+            let parent = (e > 0).then(|| name(e * per - 1));
+            json!({"worker_id": worker_id, "event": {"event_id": e, "data": {"stored": {"parent_hash": parent, "blocks": blocks}}}})
+        })
+        .collect();
+    let all = (0..FLOOD_EVENTS * per).map(name).collect::<Vec<_>>();
+    let removed = json!([{"worker_id": worker_id, "event": {"event_id": FLOOD_EVENTS, "data": {"removed": {"block_hashes": all}}}}]);
+    [serde_json::to_vec(&stored).expect("json"), serde_json::to_vec(&removed).expect("json")]
 }
 
 fn us(d: Duration) -> f64 {
@@ -165,5 +190,48 @@ async fn main() -> anyhow::Result<()> {
     println!("best_worker above the HTTP floor, p50: {:.1} µs", us(bw50) - us(h50));
     println!("global router overhead (global − router), p50: 1 pool {:.1} µs, 2 pools {:.1} µs", us(gg50) - us(g50), us(gp50) - us(g50));
     println!("generate overhead (router − direct), p50: {:.1} µs = {:.2}× direct", us(g50) - us(m50), us(g50) / us(m50));
+
+    // Routing while events flood in, against the same calls quiet just before.
+    let routing = [Call::get(format!("{router}/health")), Call::post(format!("{router}/best_worker"), &probe)];
+    let quiet = measure(&client, n, &routing).await;
+    let listed: Value = client.get(format!("{router}/workers")).send().await?.json().await?;
+    let flooded = listed["workers"][1]["worker_id"].as_u64().ok_or_else(|| anyhow::anyhow!("no second worker listed"))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let (stop, url, bodies, client) = (stop.clone(), format!("{router}/events"), flood_bodies(flooded), reqwest::Client::new());
+        async move {
+            let mut posted = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for body in &bodies {
+                    let r = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+                    let applied: Value = r.expect("loopback events").json().await.expect("events answer");
+                    assert_eq!(applied["rejected"], json!([]), "flood events apply");
+                    posted += 1;
+                }
+            }
+            posted
+        }
+    });
+    let started = Instant::now();
+    let busy = measure(&client, n, &routing).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let posts = flood.await?;
+    let rate = (posts * FLOOD_EVENTS * FLOOD_EVENT_BLOCKS) as f64 / started.elapsed().as_secs_f64();
+    let [(qh50, qh99), (qb50, qb99)] = quiet[..] else { unreachable!("one figure per call") };
+    let [(fh50, fh99), (fb50, fb99)] = busy[..] else { unreachable!("one figure per call") };
+    println!();
+    println!("while another connection floods POST /events ({:.0} k blocks stored or removed per s):", rate / 1e3);
+    println!("{:<52} {:>10} {:>10}", "", "p50 µs", "p99 µs");
+    println!("{:<52} {:>10.1} {:>10.1}", "router GET /health, quiet", us(qh50), us(qh99));
+    println!("{:<52} {:>10.1} {:>10.1}", "router GET /health, flooded", us(fh50), us(fh99));
+    println!("{:<52} {:>10.1} {:>10.1}", "router POST /best_worker, quiet", us(qb50), us(qb99));
+    println!("{:<52} {:>10.1} {:>10.1}", "router POST /best_worker, flooded", us(fb50), us(fb99));
+    println!(
+        "best_worker above /health: quiet {:.1} / {:.1} µs, flooded {:.1} / {:.1} µs (p50 / p99)",
+        us(qb50) - us(qh50),
+        us(qb99) - us(qh99),
+        us(fb50) - us(fh50),
+        us(fb99) - us(fh99)
+    );
     Ok(())
 }

@@ -256,9 +256,17 @@ pub async fn dump_events(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// `POST /events`: Dynamo-form events from custom engines. All or nothing: one event naming an
-/// unconfigured worker rejects the whole body.
+/// unconfigured worker rejects the whole body. Parsing and applying a large body take
+/// milliseconds, so they run on the blocking pool, not on a thread that serves requests.
 pub async fn events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let events = match parse_router_events(&body) {
+    match tokio::task::spawn_blocking(move || apply_events(&shared, &body)).await {
+        Ok(response) => response,
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("applying events failed: {e}")),
+    }
+}
+
+fn apply_events(shared: &Shared, body: &[u8]) -> Response {
+    let events = match parse_router_events(body) {
         Ok(e) => e,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("invalid events: {e}")),
     };
