@@ -168,7 +168,8 @@ impl KvIndex {
                 Ok(())
             }
         };
-        self.tree.set_slot_blocks(w, self.entry(w).blocks.len());
+        let held = self.entry(w).blocks.len();
+        self.tree.set_slot_blocks(w, held);
         let stats = &mut self.entry_mut(w).stats;
         match &result {
             Ok(()) => stats.applied += 1,

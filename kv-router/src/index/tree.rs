@@ -236,7 +236,7 @@ impl Tree {
     }
 
     /// Slot `w` (a new one, or one retired before) stands for `worker` from now on.
-    pub fn name_slot(&self, w: u32, worker: Worker) {
+    pub fn name_slot(&mut self, w: u32, worker: Worker) {
         let slots = &self.shared.slots;
         let info = match slots.get(w as usize) {
             Some(info) => info,
@@ -249,7 +249,7 @@ impl Tree {
     }
 
     /// Slot `w`'s worker left.
-    pub fn retire_slot(&self, w: u32) {
+    pub fn retire_slot(&mut self, w: u32) {
         if let Some(info) = self.shared.slots.get(w as usize) {
             info.live.store(false, Ordering::Release);
             info.blocks.store(0, Ordering::Relaxed);
@@ -257,7 +257,7 @@ impl Tree {
     }
 
     /// Slot `w`'s worker holds `blocks` blocks now.
-    pub fn set_slot_blocks(&self, w: u32, blocks: usize) {
+    pub fn set_slot_blocks(&mut self, w: u32, blocks: usize) {
         if let Some(info) = self.shared.slots.get(w as usize) {
             info.blocks.store(blocks as u64, Ordering::Relaxed);
         }
