@@ -301,11 +301,13 @@ impl Tree {
         let (mut run, off) = split(at);
         let mut reversed: Vec<u64> = self.read(run).hashes[..=off].iter().rev().copied().collect();
         loop {
-            let parent = self.read(run).parent;
+            let (parent, branch_pos) = {
+                let r = self.read(run);
+                (r.parent, r.branch_pos as usize)
+            };
             if parent == ROOT {
                 break;
             }
-            let branch_pos = self.read(run).branch_pos as usize;
             reversed.extend(self.read(parent).hashes[..branch_pos].iter().rev());
             run = parent;
         }
@@ -509,15 +511,17 @@ impl TreeWriter<'_> {
             }
             let first = r.hashes[0];
             r.hashes.truncate(live_end);
+            let emptied = live_end == 0 && r.branches.is_empty();
+            let (parent, pos) = (r.parent, r.branch_pos);
+            if emptied {
+                // Freed before it is unlinked: a reader that already took the branch sees the
+                // new generation and stops.
+                *r = Run { generation: r.generation.wrapping_add(1), ..Run::default() };
+            }
             *self.blocks -= len - live_end;
-            let r = self.run(run);
-            if live_end > 0 || !r.branches.is_empty() {
+            if !emptied {
                 return;
             }
-            let (parent, pos) = (r.parent, r.branch_pos);
-            // Freed before it is unlinked: a reader that already took the branch sees the new
-            // generation and stops.
-            *r = Run { generation: r.generation.wrapping_add(1), ..Run::default() };
             self.free.push(run);
             self.run(parent).branches.remove(pos, first);
             run = parent;
