@@ -138,16 +138,10 @@ impl Shared {
     pub fn mark_healthy(&self, w: &WorkerRuntime) {
         if !w.healthy.swap(true, Ordering::SeqCst) {
             tracing::info!(worker_id = w.worker_id, url = %w.spec.url, "worker back in selection");
-            let mut router = self.router();
             for worker in w.dp_workers() {
-                router.add_worker(worker);
+                self.router().add_worker(worker);
+                self.index().add_worker(worker);
             }
-            drop(router);
-            let mut index = self.index();
-            for worker in w.dp_workers() {
-                index.add_worker(worker);
-            }
-            drop(index);
             w.reconnect.send_modify(|g| *g += 1);
             self.metrics.worker_healthy.with_label_values(&[&w.worker_id.to_string()]).set(1.0);
         }
