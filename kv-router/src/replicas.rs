@@ -65,17 +65,23 @@ const ENVELOPE_SLACK: usize = 48;
 /// The most a sequence hash takes in JSON: 20 digits and a comma.
 const HASH_BYTES: usize = 21;
 
-/// Cut `updates` into numbered messages (from `first_seq`) whose JSON each fits in
+/// The JSON payloads of `updates`: numbered messages (from `first_seq`) that each fit in
 /// `max_bytes`, in order; the `resend` request rides on the first. An empty batch is one
-/// message (a heartbeat). A `routed` update too large for a message on its own is split into
-/// `routed` with its first hashes and `more_blocks` with the rest.
-pub fn pack(replica: &str, first_seq: u64, updates: Vec<LoadUpdate>, resend: bool, max_bytes: usize) -> Vec<ReplicaMessage> {
-    let envelope = json_len(&ReplicaMessage { replica: replica.to_owned(), seq: 0, updates: Vec::new(), resend: false });
+/// message (a heartbeat). A batch that fits is serialized once; otherwise it is cut, and a
+/// `routed` update too large for a message on its own is split into `routed` with its first
+/// hashes and `more_blocks` with the rest.
+pub fn pack(replica: &str, first_seq: u64, updates: Vec<LoadUpdate>, resend: bool, max_bytes: usize) -> Vec<Vec<u8>> {
+    let whole = ReplicaMessage { replica: replica.to_owned(), seq: first_seq, updates, resend };
+    let payload = to_json(&whole);
+    if payload.len() <= max_bytes {
+        return vec![payload];
+    }
+    let envelope = to_json(&ReplicaMessage { replica: replica.to_owned(), seq: 0, updates: Vec::new(), resend: false }).len();
     let room = max_bytes.saturating_sub(envelope + ENVELOPE_SLACK).max(1);
     let mut batches: Vec<Vec<LoadUpdate>> = vec![Vec::new()];
     let mut used = 0;
-    for update in updates.into_iter().flat_map(|u| split_to_fit(u, room)) {
-        let size = json_len(&update) + 1; // and a comma
+    for update in whole.updates.into_iter().flat_map(|u| split_to_fit(u, room)) {
+        let size = to_json(&update).len() + 1; // and a comma
         if used + size > room && !batches.last().is_some_and(Vec::is_empty) {
             batches.push(Vec::new());
             used = 0;
@@ -86,7 +92,9 @@ pub fn pack(replica: &str, first_seq: u64, updates: Vec<LoadUpdate>, resend: boo
     batches
         .into_iter()
         .enumerate()
-        .map(|(i, updates)| ReplicaMessage { replica: replica.to_owned(), seq: first_seq + i as u64, updates, resend: resend && i == 0 })
+        .map(|(i, updates)| {
+            to_json(&ReplicaMessage { replica: replica.to_owned(), seq: first_seq + i as u64, updates, resend: resend && i == 0 })
+        })
         .collect()
 }
 
@@ -95,15 +103,15 @@ fn split_to_fit(update: LoadUpdate, room: usize) -> Vec<LoadUpdate> {
     let LoadUpdate::Routed { request_id, worker_id, dp_rank, prefill_tokens, mut blocks } = update else { return vec![update] };
     let header = LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks: Vec::new() };
     // `more_blocks` parts carry less besides their hashes than `routed`, so they fit too.
-    let per_part = (room.saturating_sub(json_len(&header) + 1) / HASH_BYTES).max(1);
+    let per_part = (room.saturating_sub(to_json(&header).len() + 1) / HASH_BYTES).max(1);
     let rest = blocks.split_off(per_part.min(blocks.len()));
     let mut out = vec![LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks }];
     out.extend(rest.chunks(per_part).map(|part| LoadUpdate::MoreBlocks { request_id: request_id.clone(), blocks: part.to_vec() }));
     out
 }
 
-fn json_len(value: &impl Serialize) -> usize {
-    serde_json::to_vec(value).map_or(0, |v| v.len())
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("load updates serialize")
 }
 
 /// How a received message fitted the sender's sequence.
@@ -270,10 +278,11 @@ mod tests {
             routed("short", 10),
             freed("after"),
         ];
-        let messages = pack("replica-7", 41, updates.clone(), true, 4_096);
-        assert!(messages.len() > 25, "{} messages", messages.len());
+        let payloads = pack("replica-7", 41, updates.clone(), true, 4_096);
+        assert!(payloads.len() > 25, "{} messages", payloads.len());
+        let messages: Vec<ReplicaMessage> = payloads.iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
         for (i, m) in messages.iter().enumerate() {
-            let bytes = serde_json::to_vec(m).unwrap().len();
+            let bytes = payloads[i].len();
             assert!(bytes <= 4_096, "message {i} is {bytes} bytes");
             assert_eq!(m.seq, 41 + i as u64);
             assert_eq!(m.resend, i == 0);
@@ -282,9 +291,10 @@ mod tests {
         assert_eq!(reassembled(&messages), updates);
         // Under a generous limit: one message, as before.
         let one = pack("replica-7", 41, updates.clone(), false, 1 << 20);
-        assert_eq!(one, vec![ReplicaMessage { replica: "replica-7".into(), seq: 41, updates, resend: false }]);
+        let whole = ReplicaMessage { replica: "replica-7".into(), seq: 41, updates, resend: false };
+        assert_eq!(one, vec![serde_json::to_vec(&whole).unwrap()]);
         // Nothing to say: a heartbeat.
-        assert_eq!(pack("r", 0, Vec::new(), false, 4_096), vec![message("r", 0, vec![])]);
+        assert_eq!(pack("r", 0, Vec::new(), false, 4_096), vec![serde_json::to_vec(&message("r", 0, vec![])).unwrap()]);
     }
 
     #[test]

@@ -90,9 +90,8 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
             0 => 1 << 20,
             n => n,
         };
-        for message in pack(&sync.replica_id, seq, updates, std::mem::take(&mut ask_resend), max_payload) {
+        for payload in pack(&sync.replica_id, seq, updates, std::mem::take(&mut ask_resend), max_payload) {
             seq += 1;
-            let payload = serde_json::to_vec(&message).expect("load updates serialize");
             if let Err(e) = client.publish(subject.clone(), payload.into()).await {
                 tracing::warn!(error = %e, "replica sync: publishing failed; the other replicas will start this replica's view over");
             }
