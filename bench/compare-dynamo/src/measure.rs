@@ -12,14 +12,29 @@ use crate::backends::{Backend, Events, Query, Reader, Score};
 pub struct Apply {
     pub cold_s: f64,
     pub warm_s: f64,
+    /// Every warm repetition, in the order they ran.
+    pub warm: Vec<f64>,
 }
 
 impl Apply {
     pub fn from_times(times: &[f64]) -> Self {
         let cold_s = times[0];
-        let mut warm = times[1..].to_vec();
-        let warm_s = if warm.is_empty() { cold_s } else { median(&mut warm) };
-        Apply { cold_s, warm_s }
+        let warm = times[1..].to_vec();
+        let warm_s = if warm.is_empty() { cold_s } else { median(&mut warm.clone()) };
+        Apply { cold_s, warm_s, warm }
+    }
+
+    /// How many times faster than `other` this applied the events: the median, over the warm
+    /// repetitions, of the two backends' times in the same repetition. The backends run one
+    /// after the other within a repetition (tens of ms apart), so each ratio sees one machine
+    /// state; the machine's speed drifts by up to ~1.6× between repetitions, which a ratio of
+    /// the two medians can mix.
+    pub fn paired_speedup_over(&self, other: &Apply) -> f64 {
+        let mut ratios: Vec<f64> = self.warm.iter().zip(&other.warm).map(|(mine, theirs)| theirs / mine).collect();
+        if ratios.is_empty() {
+            return other.cold_s / self.cold_s;
+        }
+        median(&mut ratios)
     }
 }
 

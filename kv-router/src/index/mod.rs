@@ -128,6 +128,9 @@ pub struct KvIndex {
     workers: Vec<Option<WorkerEntry>>,
     free_workers: Vec<u32>,
     by_worker: FxHashMap<Worker, u32>,
+    /// The slot of the worker the last event came from (engines send events in batches per
+    /// worker): checked against the slot's name before use, so it needs no invalidation.
+    last_slot: u32,
 }
 
 impl Default for KvIndex {
@@ -143,6 +146,7 @@ impl KvIndex {
             workers: Vec::new(),
             free_workers: Vec::new(),
             by_worker: FxHashMap::default(),
+            last_slot: u32::MAX,
         }
     }
 
@@ -255,7 +259,12 @@ impl KvIndex {
     }
 
     fn worker_index(&mut self, worker: Worker) -> u32 {
+        let last = self.workers.get(self.last_slot as usize).and_then(Option::as_ref);
+        if last.is_some_and(|e| e.worker == worker) {
+            return self.last_slot;
+        }
         if let Some(&w) = self.by_worker.get(&worker) {
+            self.last_slot = w;
             return w;
         }
         let entry = WorkerEntry {
@@ -292,13 +301,14 @@ impl KvIndex {
             return Err(IndexError::Full(self.tree.run_count()));
         }
         let entry = self.workers[w as usize].as_mut().expect("live worker");
+        reserve_names(&mut entry.blocks, blocks.len());
         let mut tree = self.tree.writer();
         let mut cursor = start;
         let mut span = tree::Span::empty();
         for (i, b) in blocks.iter().enumerate() {
-            let slot = tree.step(&mut cursor, b.tokens_hash.0, blocks.len() - i);
+            let (slot, created) = tree.step(&mut cursor, b.tokens_hash.0, blocks.len() - i);
             let previous = entry.blocks.insert(EngineKey::new(b.block_hash), slot);
-            if previous != Some(slot) && tree.holds(w, slot) {
+            if !created && previous != Some(slot) && tree.holds(w, slot) {
                 // A second engine name for a block this worker already holds.
                 *entry.aliases.entry(slot).or_insert(0) += 1;
             }
@@ -338,6 +348,23 @@ impl KvIndex {
         let slots: Vec<Slot> = entry.blocks.drain().map(|(_, s)| s).collect();
         entry.aliases.clear();
         self.tree.writer().remove_worker_from(w, slots);
+    }
+}
+
+/// Make room for `more` engine names: fourfold while the table is small, doubling after.
+///
+/// Growing rehashes every name into fresh memory at random places. With doubling (hashbrown's
+/// own growth) each name is moved ≈ 1.4 times on the way to 10k names; growing fourfold up to
+/// 16,384 buckets (14,336 names, 213 KB), ≈ 0.4 times. Past that size a table doubles, so the
+/// slack this adds is at most that one small table's worth per worker. Figures in
+/// `bench/RESULTS.md`.
+fn reserve_names(names: &mut HashMap<EngineKey, Slot, FxBuildHasher>, more: usize) {
+    const FIRST: usize = 896; // 1,024 buckets at hashbrown's 7/8 load
+    const FOURFOLD_UP_TO: usize = 14_336; // 16,384 buckets
+    let len = names.len();
+    if len + more > names.capacity() {
+        let grown = if len < FOURFOLD_UP_TO { (4 * len).min(FOURFOLD_UP_TO) } else { 2 * len };
+        names.reserve(grown.max(len + more).max(FIRST) - len);
     }
 }
 

@@ -350,19 +350,20 @@ impl TreeWriter<'_> {
     /// Move the cursor one block down the path `hash`, creating the block if the tree lacks it.
     /// `ahead` is how many blocks the caller is about to store from this one on (at least 1):
     /// a new or growing run is sized for them, so runs carry little unused capacity.
+    /// The block's address, and whether this step created it (nobody holds it yet).
     #[inline]
-    pub fn step(&mut self, cursor: &mut Cursor, hash: u64, ahead: usize) -> Slot {
+    pub fn step(&mut self, cursor: &mut Cursor, hash: u64, ahead: usize) -> (Slot, bool) {
         let pos = cursor.pos;
         if cursor.run != ROOT {
             let run = self.run(cursor.run);
             if pos < run.hashes.len() && run.hashes[pos] == hash {
                 cursor.pos += 1;
-                return slot(cursor.run, pos);
+                return (slot(cursor.run, pos), false);
             }
         }
         if let Some(b) = self.branch(cursor.run, pos, hash) {
             *cursor = Cursor { run: b.run, pos: 1 };
-            return slot(b.run, 0);
+            return (slot(b.run, 0), false);
         }
         if cursor.run != ROOT && pos < RUN_CAPACITY {
             let hashes = &mut self.run(cursor.run).hashes;
@@ -376,12 +377,12 @@ impl TreeWriter<'_> {
                 hashes.push(hash);
                 *self.blocks += 1;
                 cursor.pos += 1;
-                return slot(cursor.run, pos);
+                return (slot(cursor.run, pos), true);
             }
         }
         let c = self.new_run(cursor.run, pos, hash, ahead);
         *cursor = Cursor { run: c, pos: 1 };
-        slot(c, 0)
+        (slot(c, 0), true)
     }
 
     fn new_run(&mut self, parent: u32, pos: usize, hash: u64, ahead: usize) -> u32 {
