@@ -356,33 +356,46 @@ impl TreeWriter<'_> {
         let pos = cursor.pos;
         if cursor.run != ROOT {
             let run = self.run(cursor.run);
-            if pos < run.hashes.len() && run.hashes[pos] == hash {
-                cursor.pos += 1;
-                return (slot(cursor.run, pos), false);
+            if pos < run.hashes.len() {
+                if run.hashes[pos] == hash {
+                    cursor.pos += 1;
+                    return (slot(cursor.run, pos), false);
+                }
+            } else if run.branches.is_empty() && self.extend(cursor, hash, ahead) {
+                // The usual way a path grows: at the end of a run nothing branches from.
+                return (slot(cursor.run, pos), true);
             }
         }
         if let Some(b) = self.branch(cursor.run, pos, hash) {
             *cursor = Cursor { run: b.run, pos: 1 };
             return (slot(b.run, 0), false);
         }
-        if cursor.run != ROOT && pos < RUN_CAPACITY {
-            let hashes = &mut self.run(cursor.run).hashes;
-            if pos == hashes.len() {
-                if hashes.len() == hashes.capacity() {
-                    // Grow by what the event still brings, or by half (not Vec's doubling, which
-                    // leaves a quarter of a typical run's hashes unused), never past a full run.
-                    let len = hashes.len();
-                    hashes.reserve_exact(ahead.max(len / 2).max(4).min(RUN_CAPACITY - len));
-                }
-                hashes.push(hash);
-                *self.blocks += 1;
-                cursor.pos += 1;
-                return (slot(cursor.run, pos), true);
-            }
+        if cursor.run != ROOT && self.extend(cursor, hash, ahead) {
+            return (slot(cursor.run, pos), true);
         }
         let c = self.new_run(cursor.run, pos, hash, ahead);
         *cursor = Cursor { run: c, pos: 1 };
         (slot(c, 0), true)
+    }
+
+    /// Append `hash` to the cursor's run if the cursor is at its end and it has room (the
+    /// caller has checked that no branch there starts with `hash`); whether it did.
+    #[inline]
+    fn extend(&mut self, cursor: &mut Cursor, hash: u64, ahead: usize) -> bool {
+        let hashes = &mut self.run(cursor.run).hashes;
+        let pos = cursor.pos;
+        if pos != hashes.len() || pos >= RUN_CAPACITY {
+            return false;
+        }
+        if hashes.len() == hashes.capacity() {
+            // Grow by what the event still brings, or by half (not Vec's doubling, which
+            // leaves a quarter of a typical run's hashes unused), never past a full run.
+            hashes.reserve_exact(ahead.max(pos / 2).max(4).min(RUN_CAPACITY - pos));
+        }
+        hashes.push(hash);
+        *self.blocks += 1;
+        cursor.pos += 1;
+        true
     }
 
     fn new_run(&mut self, parent: u32, pos: usize, hash: u64, ahead: usize) -> u32 {
