@@ -31,7 +31,9 @@
 //! # Memory
 //!
 //! Per stored (block, worker) pair: one entry in the worker's engine-hash map (12 bytes plus one
-//! control byte, at hashbrown's 44–87% load: 15–30 bytes), plus 8 bytes of local hash per
+//! control byte: 15–30 bytes at the 44–87% load of a doubling table; a worker's table grows
+//! fourfold while under 16,384 buckets, so a small one may sit at 22% load, at most 213 KB of
+//! table in all — see `reserve_names`), plus 8 bytes of local hash per
 //! distinct block shared by all its holders, plus ~120 bytes per run (runs hold up to 256
 //! blocks). On Dynamo's benchmark shape (64 workers × 10,240 blocks) that is ≈ 29 bytes per
 //! (block, worker); see `bench/RESULTS.md` for the measured figure.
