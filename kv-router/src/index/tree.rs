@@ -388,9 +388,11 @@ impl TreeWriter<'_> {
             return false;
         }
         if hashes.len() == hashes.capacity() {
-            // Grow by what the event still brings, or by half (not Vec's doubling, which
-            // leaves a quarter of a typical run's hashes unused), never past a full run.
-            hashes.reserve_exact(ahead.max(pos / 2).max(4).min(RUN_CAPACITY - pos));
+            // Grow by what the event still brings, or double, never past a full run. (Growing
+            // by half left less unused — 0.2 bytes per (block, worker) on Dynamo's benchmark —
+            // but reallocated a run's hashes seven times on its way to 256 blocks in events of
+            // 16, not four: a tenth of applying such events.)
+            hashes.reserve_exact(ahead.max(pos).max(4).min(RUN_CAPACITY - pos));
         }
         hashes.push(hash);
         *self.blocks += 1;
