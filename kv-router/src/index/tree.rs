@@ -391,7 +391,7 @@ impl TreeWriter<'_> {
             // Grow by what the event still brings, or double, never past a full run. (Growing
             // by half left less unused — 0.2 bytes per (block, worker) on Dynamo's benchmark —
             // but reallocated a run's hashes seven times on its way to 256 blocks in events of
-            // 16, not four: a tenth of applying such events.)
+            // 16, not four; allocation and copying were ≈ 9% of applying such events.)
             hashes.reserve_exact(ahead.max(pos).max(4).min(RUN_CAPACITY - pos));
         }
         hashes.push(hash);
