@@ -111,23 +111,40 @@ fn us(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args.iter().position(|a| a == "--requests").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let n: usize = args
+        .iter()
+        .position(|a| a == "--requests")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let tokenizer = Arc::new(Tokenizer::builtin());
     let mut workers = Vec::new();
     for _ in 0..2 {
         let config = ServerConfig {
-            engine: EngineConfig { block_size: 16, timing: TimingModel { speedup_ratio: 1000.0, decode_speedup_ratio: 1.0 }, ..EngineConfig::default() },
+            engine: EngineConfig {
+                block_size: 16,
+                timing: TimingModel { speedup_ratio: 1000.0, decode_speedup_ratio: 1.0 },
+                ..EngineConfig::default()
+            },
             model_name: "kvroute-mock".into(),
             http_addr: "127.0.0.1:0".parse()?,
             data_parallel_size: 1,
-            kv_events: Some(KvEventsConfig { host: "127.0.0.1".into(), port: 0, topic: "kv-events".into(), replay_buffer: 1000 }),
+            kv_events: Some(KvEventsConfig {
+                host: "127.0.0.1".into(),
+                port: 0,
+                topic: "kv-events".into(),
+                replay_buffer: 1000,
+            }),
             default_max_tokens: 1,
             max_body_bytes: 64 << 20,
             kv_events_http: None,
             kv_events_nats: None,
         };
         let running = mocker::start(config, tokenizer.clone()).await?;
-        workers.push(WorkerSpec { kv_events: vec![running.kv_events[0].events.clone()], ..WorkerSpec::new(format!("http://{}", running.http_addr)) });
+        workers.push(WorkerSpec {
+            kv_events: vec![running.kv_events[0].events.clone()],
+            ..WorkerSpec::new(format!("http://{}", running.http_addr))
+        });
     }
     let direct = workers[0].url.clone();
     let mut config = ServiceConfig::new("127.0.0.1:0".parse::<SocketAddr>()?, workers);
@@ -152,17 +169,33 @@ async fn main() -> anyhow::Result<()> {
 
     // Warm the index: the 8k prompt cached on one worker.
     let long: Vec<u32> = (0..8192).map(|i| (i * 7 + 1) % 4000).collect();
-    client.post(format!("{router}/v1/completions")).json(&json!({"prompt": long, "max_tokens": 1})).send().await?.bytes().await?;
+    client
+        .post(format!("{router}/v1/completions"))
+        .json(&json!({"prompt": long, "max_tokens": 1}))
+        .send()
+        .await?
+        .bytes()
+        .await?;
     let indexed = async {
         loop {
-            let v: Value = client.post(format!("{router}/best_worker")).json(&json!({"token_ids": long})).send().await.ok()?.json().await.ok()?;
+            let v: Value = client
+                .post(format!("{router}/best_worker"))
+                .json(&json!({"token_ids": long}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
             if v["overlap_blocks"] == 512 {
                 return Some(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), indexed).await?.ok_or_else(|| anyhow::anyhow!("index never warmed"))?;
+    tokio::time::timeout(Duration::from_secs(10), indexed)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("index never warmed"))?;
 
     let probe = serde_json::to_vec(&json!({"token_ids": long}))?;
     let short: Vec<u32> = (0..64).collect();
@@ -188,22 +221,33 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<52} {:>10.1} {:>10.1}", "same through global router (1 pool) → kv-router", us(gg50), us(gg99));
     println!("{:<52} {:>10.1} {:>10.1}", "same through global router (2 pools, probes)", us(gp50), us(gp99));
     println!("best_worker above the HTTP floor, p50: {:.1} µs", us(bw50) - us(h50));
-    println!("global router overhead (global − router), p50: 1 pool {:.1} µs, 2 pools {:.1} µs", us(gg50) - us(g50), us(gp50) - us(g50));
-    println!("generate overhead (router − direct), p50: {:.1} µs = {:.2}× direct", us(g50) - us(m50), us(g50) / us(m50));
+    println!(
+        "global router overhead (global − router), p50: 1 pool {:.1} µs, 2 pools {:.1} µs",
+        us(gg50) - us(g50),
+        us(gp50) - us(g50)
+    );
+    println!(
+        "generate overhead (router − direct), p50: {:.1} µs = {:.2}× direct",
+        us(g50) - us(m50),
+        us(g50) / us(m50)
+    );
 
     // Routing while events flood in, against the same calls quiet just before.
     let routing = [Call::get(format!("{router}/health")), Call::post(format!("{router}/best_worker"), &probe)];
     let quiet = measure(&client, n, &routing).await;
     let listed: Value = client.get(format!("{router}/workers")).send().await?.json().await?;
-    let flooded = listed["workers"][1]["worker_id"].as_u64().ok_or_else(|| anyhow::anyhow!("no second worker listed"))?;
+    let flooded =
+        listed["workers"][1]["worker_id"].as_u64().ok_or_else(|| anyhow::anyhow!("no second worker listed"))?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = tokio::spawn({
-        let (stop, url, bodies, client) = (stop.clone(), format!("{router}/events"), flood_bodies(flooded), reqwest::Client::new());
+        let (stop, url, bodies, client) =
+            (stop.clone(), format!("{router}/events"), flood_bodies(flooded), reqwest::Client::new());
         async move {
             let mut posted = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for body in &bodies {
-                    let r = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+                    let r =
+                        client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
                     let applied: Value = r.expect("loopback events").json().await.expect("events answer");
                     assert_eq!(applied["rejected"], json!([]), "flood events apply");
                     posted += 1;

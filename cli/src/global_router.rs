@@ -33,7 +33,8 @@ pub struct GlobalRouterArgs {
 
 pub fn load(path: &PathBuf) -> anyhow::Result<GlobalRouterConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: GlobalRouterConfig = serde_yaml::from_str(&text).with_context(|| format!("{}: invalid global router config", path.display()))?;
+    let config: GlobalRouterConfig =
+        serde_yaml::from_str(&text).with_context(|| format!("{}: invalid global router config", path.display()))?;
     config.validate().with_context(|| format!("{}: invalid global router config", path.display()))?;
     Ok(config)
 }

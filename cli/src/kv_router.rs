@@ -47,7 +47,12 @@ pub struct KvRouterArgs {
     router_temperature: Option<f64>,
     /// Weight of the prefill term in the cost (Dynamo's prefill_load_scale). Default: 1.
     /// [env: DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT, DYN_KV_OVERLAP_SCORE_WEIGHT]
-    #[arg(long, alias = "router-kv-overlap-score-weight", alias = "prefill-load-scale", env = "KVROUTE_KV_OVERLAP_SCORE_WEIGHT")]
+    #[arg(
+        long,
+        alias = "router-kv-overlap-score-weight",
+        alias = "prefill-load-scale",
+        env = "KVROUTE_KV_OVERLAP_SCORE_WEIGHT"
+    )]
     kv_overlap_score_weight: Option<f64>,
     /// Prefill blocks credited per cached block. Default: 1. [env: DYN_OVERLAP_SCORE_CREDIT]
     #[arg(long, env = "KVROUTE_OVERLAP_SCORE_CREDIT")]
@@ -154,12 +159,16 @@ where
 /// `[ID=]URL[@tcp://...,tcp://...]` → a worker.
 pub fn parse_worker(s: &str) -> anyhow::Result<WorkerSpec> {
     let (url, events) = match s.split_once('@') {
-        Some((url, events)) => (url, events.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect()),
+        Some((url, events)) => {
+            (url, events.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect())
+        }
         None => (s, Vec::new()),
     };
     let (worker_id, url) = match url.split_once('=') {
         Some((id, rest)) if !id.contains(':') => {
-            let id: u64 = id.parse().map_err(|_| anyhow::anyhow!("--worker {s:?}: the id before '=' must be a u64, got {id:?}"))?;
+            let id: u64 = id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--worker {s:?}: the id before '=' must be a u64, got {id:?}"))?;
             (Some(id), rest)
         }
         _ => (None, url),
@@ -182,7 +191,8 @@ impl KvRouterArgs {
             Some(path) => load_file(path)?,
             None => RouterFile::default(),
         };
-        let mut workers: Vec<WorkerSpec> = self.workers.iter().map(|w| parse_worker(w)).collect::<anyhow::Result<_>>()?;
+        let mut workers: Vec<WorkerSpec> =
+            self.workers.iter().map(|w| parse_worker(w)).collect::<anyhow::Result<_>>()?;
         if workers.is_empty() {
             workers = file.workers.clone();
         }
@@ -191,7 +201,11 @@ impl KvRouterArgs {
         }
         let defaults = KvRouterConfig::default();
         let router = KvRouterConfig {
-            block_size: self.kv_cache_block_size.or(dyn_env(&["DYN_KV_CACHE_BLOCK_SIZE"])?).or(file.kv_cache_block_size).unwrap_or(defaults.block_size),
+            block_size: self
+                .kv_cache_block_size
+                .or(dyn_env(&["DYN_KV_CACHE_BLOCK_SIZE"])?)
+                .or(file.kv_cache_block_size)
+                .unwrap_or(defaults.block_size),
             overlap_score_weight: self
                 .kv_overlap_score_weight
                 .or(dyn_env(&["DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT", "DYN_KV_OVERLAP_SCORE_WEIGHT"])?)
@@ -218,7 +232,8 @@ impl KvRouterArgs {
         let port = self.http_port.or(dyn_env(&["DYN_HTTP_PORT"])?).or(file.http_port).unwrap_or(9000);
         let mut config = ServiceConfig::new(SocketAddr::new(host, port), workers);
         config.router = router;
-        config.health_interval = Duration::from_millis(self.health_interval_ms.or(file.health_interval_ms).unwrap_or(2000).max(10));
+        config.health_interval =
+            Duration::from_millis(self.health_interval_ms.or(file.health_interval_ms).unwrap_or(2000).max(10));
         config.max_body_bytes = self.max_body_bytes.or(file.max_body_bytes).unwrap_or(config.max_body_bytes);
         config.kv_events_topic = self.kv_events_topic.clone().or(file.kv_events_topic.clone()).unwrap_or_default();
         config.seed = self.seed.or(file.seed);
@@ -235,7 +250,10 @@ impl KvRouterArgs {
         }
         config.kv_events_nats = self.kv_events_nats.clone().or(file.kv_events_nats.clone());
         config.validate_workers().map_err(|e| anyhow::anyhow!(e))?;
-        let tokenizer = load_tokenizer(self.tokenizer.as_ref().or(file.tokenizer.as_ref()), self.chat_template.as_ref().or(file.chat_template.as_ref()))?;
+        let tokenizer = load_tokenizer(
+            self.tokenizer.as_ref().or(file.tokenizer.as_ref()),
+            self.chat_template.as_ref().or(file.chat_template.as_ref()),
+        )?;
         Ok((config, Arc::new(tokenizer)))
     }
 }
@@ -294,7 +312,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kvroute-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("router.yaml");
-        std::fs::write(&file, "workers: [{url: 'http://a:1'}]\nrouter_temperature: 0.5\nblock_size: 32\nhttp_port: 1234\n").unwrap();
+        std::fs::write(
+            &file,
+            "workers: [{url: 'http://a:1'}]\nrouter_temperature: 0.5\nblock_size: 32\nhttp_port: 1234\n",
+        )
+        .unwrap();
         let args = KvRouterArgs { config: Some(file.clone()), kv_cache_block_size: Some(64), ..Default::default() };
         let (config, _) = args.resolve().unwrap();
         assert_eq!(config.router.block_size, 64, "flag wins");

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use kvroute_mocker::server::{self, EventPushConfig, KvEventsConfig, NatsPushConfig, ServerConfig};
-use kvroute_nats::PublisherOptions;
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
+use kvroute_nats::PublisherOptions;
 use kvroute_tokenizer::{ChatTemplate, Tokenizer};
 
 #[derive(Args, Debug)]
@@ -109,7 +109,10 @@ impl MockerArgs {
                 enable_prefix_caching: !self.no_prefix_caching,
                 enable_chunked_prefill: !self.no_chunked_prefill,
                 max_model_len: self.max_model_len,
-                timing: TimingModel { speedup_ratio: self.speedup_ratio, decode_speedup_ratio: self.decode_speedup_ratio },
+                timing: TimingModel {
+                    speedup_ratio: self.speedup_ratio,
+                    decode_speedup_ratio: self.decode_speedup_ratio,
+                },
             },
             model_name: self.model_name.clone(),
             http_addr: SocketAddr::new(self.host, self.port),
@@ -122,11 +125,16 @@ impl MockerArgs {
             }),
             default_max_tokens: self.default_max_tokens,
             max_body_bytes: self.max_body_bytes,
-            kv_events_http: self.kv_events_http_url.clone().map(|url| EventPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
+            kv_events_http: self
+                .kv_events_http_url
+                .clone()
+                .map(|url| EventPushConfig { url, worker_id: self.worker_id.unwrap_or(0) }),
             kv_events_nats: self.kv_events_nats.clone().map(|url| NatsPushConfig {
                 url,
                 worker_id: self.worker_id.unwrap_or(0),
-                options: PublisherOptions { snapshot_after_blocks: Some(self.kv_events_nats_snapshot_after).filter(|&n| n > 0) },
+                options: PublisherOptions {
+                    snapshot_after_blocks: Some(self.kv_events_nats_snapshot_after).filter(|&n| n > 0),
+                },
             }),
         }
     }
@@ -134,10 +142,13 @@ impl MockerArgs {
     fn tokenizer(&self) -> anyhow::Result<Tokenizer> {
         let mut tokenizer = match &self.tokenizer {
             None => Tokenizer::builtin(),
-            Some(path) => Tokenizer::from_file(path).with_context(|| format!("loading tokenizer {}", path.display()))?,
+            Some(path) => {
+                Tokenizer::from_file(path).with_context(|| format!("loading tokenizer {}", path.display()))?
+            }
         };
         if let Some(path) = &self.chat_template {
-            let template = ChatTemplate::from_file(path).with_context(|| format!("loading chat template {}", path.display()))?;
+            let template =
+                ChatTemplate::from_file(path).with_context(|| format!("loading chat template {}", path.display()))?;
             tokenizer = tokenizer.with_chat_template(template);
         }
         Ok(tokenizer)
@@ -148,7 +159,8 @@ pub async fn run(args: MockerArgs) -> anyhow::Result<()> {
     let tokenizer = Arc::new(args.tokenizer()?);
     let config = args.server_config();
     let running = server::start(config.clone(), tokenizer).await.context("starting the mocker")?;
-    let kv: Vec<_> = running.kv_events.iter().map(|e| serde_json::json!({"events": e.events, "replay": e.replay})).collect();
+    let kv: Vec<_> =
+        running.kv_events.iter().map(|e| serde_json::json!({"events": e.events, "replay": e.replay})).collect();
     // One machine-readable line on stdout (tests and `kvroute up` read it), details on stderr.
     println!("{}", serde_json::json!({"mocker": {"http": format!("http://{}", running.http_addr), "kv_events": kv}}));
     tracing::info!(

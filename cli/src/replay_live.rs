@@ -116,7 +116,8 @@ pub fn run(trace_path: &Path, options: &TraceOptions, args: &LiveArgs) -> anyhow
     if !(args.request_timeout_s.is_finite() && args.request_timeout_s > 0.0) {
         bail!("--request-timeout-s must be > 0, got {}", args.request_timeout_s);
     }
-    let requests = Arc::new(trace::load(trace_path, options).with_context(|| format!("loading {}", trace_path.display()))?);
+    let requests =
+        Arc::new(trace::load(trace_path, options).with_context(|| format!("loading {}", trace_path.display()))?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let started = Instant::now();
     let (records, interrupted) = runtime.block_on(drive(target, requests.clone(), args))?;
@@ -208,7 +209,11 @@ const BODIES_AHEAD: usize = 64;
 
 /// Send every request at its time; stop early on Ctrl-C. Returns the records of the requests
 /// sent (arrival order) and whether the run was interrupted.
-async fn drive(target: &str, requests: Arc<Vec<ReplayRequest>>, args: &LiveArgs) -> anyhow::Result<(Vec<LiveRecord>, bool)> {
+async fn drive(
+    target: &str,
+    requests: Arc<Vec<ReplayRequest>>,
+    args: &LiveArgs,
+) -> anyhow::Result<(Vec<LiveRecord>, bool)> {
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .timeout(Duration::from_secs_f64(args.request_timeout_s))
@@ -273,7 +278,13 @@ async fn drive(target: &str, requests: Arc<Vec<ReplayRequest>>, args: &LiveArgs)
 
 /// One request's task: send it, count how it ended, store its record. `_guards` (the
 /// `--max-in-flight` permit and the in-flight count) are released when it ends, however.
-async fn finish(shared: Arc<Shared>, position: usize, mut record: LiveRecord, body: Vec<u8>, _guards: (tokio::sync::OwnedSemaphorePermit, InFlight)) {
+async fn finish(
+    shared: Arc<Shared>,
+    position: usize,
+    mut record: LiveRecord,
+    body: Vec<u8>,
+    _guards: (tokio::sync::OwnedSemaphorePermit, InFlight),
+) {
     send(&shared, &mut record, body).await;
     let counters = &shared.counters;
     match record.failure {
@@ -440,9 +451,11 @@ impl StreamState {
             self.done = true;
             return Ok(Step::Done);
         }
-        let value: Value = serde_json::from_str(payload).map_err(|e| format!("bad SSE chunk ({e}): {}", truncate(payload, 200)))?;
+        let value: Value =
+            serde_json::from_str(payload).map_err(|e| format!("bad SSE chunk ({e}): {}", truncate(payload, 200)))?;
         if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
-            let message = error.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| error.to_string());
+            let message =
+                error.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| error.to_string());
             return Err(format!("error in the stream: {message}"));
         }
         if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
@@ -513,16 +526,23 @@ fn report(records: &[LiveRecord]) -> String {
     }
     let failed: usize = failures.values().sum();
     let kinds: Vec<String> = failures.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    out.push_str(&format!("failed          {failed:>10}  ({})\n", if kinds.is_empty() { "none".into() } else { kinds.join(", ") }));
+    out.push_str(&format!(
+        "failed          {failed:>10}  ({})\n",
+        if kinds.is_empty() { "none".into() } else { kinds.join(", ") }
+    ));
     let lags: Vec<f64> = records.iter().map(|r| r.sent_ms - r.arrival_ms).collect();
     let late = lags.iter().filter(|&&l| l > LATE_MS).count();
     let max_lag = lags.iter().copied().fold(0.0, f64::max);
     out.push_str(&format!("sent late       {late:>10}  (> {LATE_MS} ms after due; most {max_lag:.1} ms)\n"));
     let no_usage = records.iter().filter(|r| r.failure.is_none() && r.cached_tokens.is_none()).count();
     if no_usage > 0 {
-        out.push_str(&format!("no usage        {no_usage:>10}  (answers without usage: their cached tokens count as 0)\n"));
+        out.push_str(&format!(
+            "no usage        {no_usage:>10}  (answers without usage: their cached tokens count as 0)\n"
+        ));
     }
-    for (name, spread) in [("pools", spread(records, |r| r.pool.as_deref())), ("workers", spread(records, |r| r.worker.as_deref()))] {
+    for (name, spread) in
+        [("pools", spread(records, |r| r.pool.as_deref())), ("workers", spread(records, |r| r.worker.as_deref()))]
+    {
         if !spread.is_empty() {
             let parts: Vec<String> = spread.iter().map(|(l, n)| format!("{l}: {n}")).collect();
             out.push_str(&format!("{name:<16}{}\n", parts.join(", ")));
@@ -532,7 +552,10 @@ fn report(records: &[LiveRecord]) -> String {
 }
 
 /// Completed requests per label (pool or worker); requests without one are left out.
-fn spread<'a>(records: &'a [LiveRecord], label: impl Fn(&'a LiveRecord) -> Option<&'a str>) -> BTreeMap<&'a str, usize> {
+fn spread<'a>(
+    records: &'a [LiveRecord],
+    label: impl Fn(&'a LiveRecord) -> Option<&'a str>,
+) -> BTreeMap<&'a str, usize> {
     let mut counts = BTreeMap::new();
     for l in records.iter().filter(|r| r.failure.is_none()).filter_map(label) {
         *counts.entry(l).or_default() += 1;
@@ -554,7 +577,11 @@ fn write_json(path: &Path, records: &[LiveRecord]) -> anyhow::Result<()> {
 
 /// A bar of finished requests out of the total; drawn only when stderr is a terminal.
 fn progress_bar(total: u64) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr_with_hz(4) } else { ProgressDrawTarget::hidden() };
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr_with_hz(4)
+    } else {
+        ProgressDrawTarget::hidden()
+    };
     let bar = ProgressBar::with_draw_target(Some(total), target);
     bar.set_style(
         // wide_msg: cut to the terminal's width rather than wrapped onto a second line.

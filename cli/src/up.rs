@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use kvroute_global_router::{GlobalRouterConfig, PoolEntry};
 use kvroute_kv_router::select::{CostModel, KvRouterConfig, RouterMode};
 use kvroute_kv_router::service::{self, ReplicaSyncConfig, ServiceConfig, WorkerSpec};
 use kvroute_mocker::server::{self as mocker, KvEventsConfig, NatsPushConfig, ServerConfig};
-use kvroute_protocol::events::nats_kv_events_subject;
 use kvroute_mocker::timing::TimingModel;
 use kvroute_mocker::EngineConfig;
+use kvroute_protocol::events::nats_kv_events_subject;
 use serde::Deserialize;
-use kvroute_global_router::{GlobalRouterConfig, PoolEntry};
 use serde_json::{json, Value};
 
 use crate::kv_router::load_tokenizer;
@@ -142,7 +142,8 @@ struct RouterSection {
 
 fn load(path: &PathBuf) -> anyhow::Result<StackFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let stack: StackFile = serde_yaml::from_str(&text).with_context(|| format!("{}: invalid stack file", path.display()))?;
+    let stack: StackFile =
+        serde_yaml::from_str(&text).with_context(|| format!("{}: invalid stack file", path.display()))?;
     if stack.pools.is_empty() {
         bail!("{}: pools must list at least one pool", path.display());
     }
@@ -201,20 +202,37 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 model_name: stack.model.clone(),
                 http_addr: SocketAddr::new(stack.host, 0),
                 data_parallel_size: pool.data_parallel_size,
-                kv_events: Some(KvEventsConfig { host: stack.host.to_string(), port: 0, topic: "kv-events".into(), replay_buffer: 10_000 }),
+                kv_events: Some(KvEventsConfig {
+                    host: stack.host.to_string(),
+                    port: 0,
+                    topic: "kv-events".into(),
+                    replay_buffer: 10_000,
+                }),
                 default_max_tokens: 16,
                 max_body_bytes: 64 << 20,
                 kv_events_http: None,
-                kv_events_nats: stack.kv_events_nats.clone().map(|url| NatsPushConfig { url, worker_id: next_worker_id, options: Default::default() }),
+                kv_events_nats: stack.kv_events_nats.clone().map(|url| NatsPushConfig {
+                    url,
+                    worker_id: next_worker_id,
+                    options: Default::default(),
+                }),
             };
-            let running = mocker::start(config, tokenizer.clone()).await.with_context(|| format!("starting a mocker of pool {}", pool.name))?;
+            let running = mocker::start(config, tokenizer.clone())
+                .await
+                .with_context(|| format!("starting a mocker of pool {}", pool.name))?;
             let url = format!("http://{}", running.http_addr);
             // Where the routers hear the worker's events: its NATS subjects, or its ZMQ sockets.
             let (spec, kv_events) = match stack.kv_events_nats {
                 Some(_) => (
-                    WorkerSpec { worker_id: Some(next_worker_id), data_parallel_size: Some(pool.data_parallel_size), ..WorkerSpec::new(url.clone()) },
+                    WorkerSpec {
+                        worker_id: Some(next_worker_id),
+                        data_parallel_size: Some(pool.data_parallel_size),
+                        ..WorkerSpec::new(url.clone())
+                    },
                     (0..pool.data_parallel_size)
-                        .map(|r| format!("nats {}", nats_kv_events_subject(kvroute_protocol::Worker::new(next_worker_id, r))))
+                        .map(|r| {
+                            format!("nats {}", nats_kv_events_subject(kvroute_protocol::Worker::new(next_worker_id, r)))
+                        })
                         .collect::<Vec<_>>(),
                 ),
                 None => (
@@ -243,7 +261,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         };
         let mut routers = Vec::new();
         for replica in 0..pool.router_replicas {
-            let port = if pool.router_port == 0 { 0 } else { pool.router_port.checked_add(replica as u16).context("router port out of range")? };
+            let port = if pool.router_port == 0 {
+                0
+            } else {
+                pool.router_port.checked_add(replica as u16).context("router port out of range")?
+            };
             let mut config = ServiceConfig::new(SocketAddr::new(stack.host, port), workers.clone());
             config.router = router_config.clone();
             config.seed = pool.router.seed;
@@ -253,7 +275,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 sync.replica_id = format!("{}-{replica}", subject_token(&pool.name));
                 config.replica_sync = Some(sync);
             }
-            let router = service::start(config, tokenizer.clone()).await.with_context(|| format!("starting a kv-router of pool {}", pool.name))?;
+            let router = service::start(config, tokenizer.clone())
+                .await
+                .with_context(|| format!("starting a kv-router of pool {}", pool.name))?;
             routers.push(format!("http://{}", router.http_addr));
         }
         report.push(json!({"name": pool.name, "router": routers[0], "routers": routers, "workers": worker_report}));
@@ -270,7 +294,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .zip(&max_input_tokens)
                 .map(|((p, r), &max_input)| PoolEntry {
                     name: p.name.clone(),
-                    routers: r["routers"].as_array().into_iter().flatten().filter_map(|u| u.as_str().map(String::from)).collect(),
+                    routers: r["routers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|u| u.as_str().map(String::from))
+                        .collect(),
                     model: p.model.clone(),
                     priority: p.priority,
                     weight: p.weight,
@@ -286,7 +315,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             seed: g.seed,
         };
         config.validate().with_context(|| format!("{}: global_router", args.stack.display()))?;
-        let running = kvroute_global_router::start(config, tokenizer.clone()).await.context("starting the global router")?;
+        let running =
+            kvroute_global_router::start(config, tokenizer.clone()).await.context("starting the global router")?;
         global = json!(format!("http://{}", running.http_addr));
     }
     let mut envoy_child = None;

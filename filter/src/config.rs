@@ -76,8 +76,7 @@ pub struct Plan {
 impl Plan {
     /// Parses and validates; the error names the offending field.
     pub fn parse(json: &[u8]) -> Result<Plan, String> {
-        let config: FilterConfig =
-            serde_json::from_slice(json).map_err(|e| format!("invalid configuration: {e}"))?;
+        let config: FilterConfig = serde_json::from_slice(json).map_err(|e| format!("invalid configuration: {e}"))?;
         let pools = config.pools.clone().unwrap_or_else(|| {
             let mut names: Vec<&str> = Vec::new();
             for g in &config.groups {
@@ -87,27 +86,11 @@ impl Plan {
             }
             names.into_iter().map(PoolFacts::new).collect()
         });
-        let select = SelectConfig {
-            pools,
-            policy: config.policy.clone(),
-        };
+        let select = SelectConfig { pools, policy: config.policy.clone() };
         validate(&config, &select)?;
-        let group_pool = config
-            .groups
-            .iter()
-            .map(|g| {
-                select
-                    .pools
-                    .iter()
-                    .position(|p| p.name == g.pool)
-                    .unwrap_or(0)
-            })
-            .collect();
-        Ok(Plan {
-            config,
-            select,
-            group_pool,
-        })
+        let group_pool =
+            config.groups.iter().map(|g| select.pools.iter().position(|p| p.name == g.pool).unwrap_or(0)).collect();
+        Ok(Plan { config, select, group_pool })
     }
 
     /// Whether a request with this method and path (query allowed) is probed.
@@ -131,51 +114,30 @@ fn validate(c: &FilterConfig, select: &SelectConfig) -> Result<(), String> {
             return Err(format!("groups[{i}].cluster must not be empty"));
         }
         if let Some(j) = c.groups[..i].iter().position(|h| h.cluster == g.cluster) {
-            return Err(format!(
-                "groups[{i}].cluster {:?} is already used by groups[{j}]",
-                g.cluster
-            ));
+            return Err(format!("groups[{i}].cluster {:?} is already used by groups[{j}]", g.cluster));
         }
         if !g.path.starts_with('/') {
-            return Err(format!(
-                "groups[{i}].path must start with '/', got {:?}",
-                g.path
-            ));
+            return Err(format!("groups[{i}].path must start with '/', got {:?}", g.path));
         }
         if g.authority.as_deref() == Some("") {
-            return Err(format!(
-                "groups[{i}].authority must not be empty (omit it to use the cluster)"
-            ));
+            return Err(format!("groups[{i}].authority must not be empty (omit it to use the cluster)"));
         }
         if !select.pools.iter().any(|p| p.name == g.pool) {
             return Err(format!("groups[{i}].pool names unknown pool {:?}", g.pool));
         }
     }
     if !(1..=60_000).contains(&c.probe_timeout_ms) {
-        return Err(format!(
-            "probe_timeout_ms must be in 1..=60000, got {}",
-            c.probe_timeout_ms
-        ));
+        return Err(format!("probe_timeout_ms must be in 1..=60000, got {}", c.probe_timeout_ms));
     }
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !token(&c.pool_header) {
-        return Err(format!(
-            "pool_header must be a lowercase header name, got {:?}",
-            c.pool_header
-        ));
+        return Err(format!("pool_header must be a lowercase header name, got {:?}", c.pool_header));
     }
     if c.paths.is_empty() {
         return Err("paths must list at least one path".into());
     }
     if let Some(i) = c.paths.iter().position(|p| !p.starts_with('/')) {
-        return Err(format!(
-            "paths[{i}] must start with '/', got {:?}",
-            c.paths[i]
-        ));
+        return Err(format!("paths[{i}] must start with '/', got {:?}", c.paths[i]));
     }
     if c.max_body_bytes == 0 {
         return Err("max_body_bytes must be > 0".into());
@@ -196,8 +158,7 @@ mod tests {
         Plan::parse(json.as_bytes()).unwrap_err()
     }
 
-    const TWO: &str =
-        r#"{"groups": [{"pool": "a", "cluster": "ra"}, {"pool": "b", "cluster": "rb"}]}"#;
+    const TWO: &str = r#"{"groups": [{"pool": "a", "cluster": "ra"}, {"pool": "b", "cluster": "rb"}]}"#;
 
     #[test]
     fn a_minimal_config_gets_defaults_and_one_pool_per_group() {
@@ -215,10 +176,8 @@ mod tests {
 
     #[test]
     fn two_groups_may_serve_one_pool() {
-        let plan = Plan::parse(
-            br#"{"groups": [{"pool": "a", "cluster": "r1"}, {"pool": "a", "cluster": "r2"}]}"#,
-        )
-        .unwrap();
+        let plan =
+            Plan::parse(br#"{"groups": [{"pool": "a", "cluster": "r1"}, {"pool": "a", "cluster": "r2"}]}"#).unwrap();
         assert_eq!(plan.select.pools.len(), 1);
         assert_eq!(plan.group_pool, [0, 0]);
     }
@@ -235,10 +194,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(
-            err(r#"{"groups": []}"#),
-            "groups must list at least one router group"
-        );
+        assert_eq!(err(r#"{"groups": []}"#), "groups must list at least one router group");
         assert_eq!(
             err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "fallback_pool": "z"}"#),
             r#"fallback_pool names unknown pool "z""#
@@ -256,17 +212,14 @@ mod tests {
             r#"groups[0].path must start with '/', got "best_worker""#
         );
         assert!(
-            err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "pool_header": "X Pool"}"#)
-                .starts_with("pool_header")
+            err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "pool_header": "X Pool"}"#).starts_with("pool_header")
         );
     }
 
     #[test]
     fn explicit_pools_are_checked_by_pool_select() {
         assert_eq!(
-            err(
-                r#"{"groups": [{"pool": "a", "cluster": "r"}], "pools": [{"name": "a", "weight": 0}]}"#
-            ),
+            err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "pools": [{"name": "a", "weight": 0}]}"#),
             "pools[0].weight must be > 0, got 0"
         );
         assert_eq!(
@@ -277,13 +230,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_policies_are_rejected() {
-        assert!(
-            err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "timeout": 5}"#)
-                .contains("unknown field `timeout`")
-        );
-        assert!(
-            err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "policy": {"type": "magic"}}"#)
-                .contains("magic")
-        );
+        assert!(err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "timeout": 5}"#).contains("unknown field `timeout`"));
+        assert!(err(r#"{"groups": [{"pool": "a", "cluster": "r"}], "policy": {"type": "magic"}}"#).contains("magic"));
     }
 }

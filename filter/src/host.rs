@@ -32,13 +32,7 @@ extern "C" {
         value: *const u8,
         value_size: usize,
     ) -> u32;
-    fn proxy_get_buffer_bytes(
-        buffer: u32,
-        start: usize,
-        max: usize,
-        out: *mut *mut u8,
-        out_size: *mut usize,
-    ) -> u32;
+    fn proxy_get_buffer_bytes(buffer: u32, start: usize, max: usize, out: *mut *mut u8, out_size: *mut usize) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
     fn proxy_call_foreign_function(
         name: *const u8,
@@ -89,9 +83,7 @@ pub fn now_ns() -> u64 {
 fn header(map: MapType, key: &str) -> Result<Option<Vec<u8>>, Status> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: out-pointers outlive the call; the key is a live &str.
-    match unsafe {
-        proxy_get_header_map_value(map as u32, key.as_ptr(), key.len(), &mut data, &mut size)
-    } {
+    match unsafe { proxy_get_header_map_value(map as u32, key.as_ptr(), key.len(), &mut data, &mut size) } {
         0 => Ok(Some(owned(data, size))),
         1 => Ok(None), // NotFound
         s => Err(s),
@@ -100,17 +92,12 @@ fn header(map: MapType, key: &str) -> Result<Option<Vec<u8>>, Status> {
 
 /// A request header as text (`None` if absent, unreadable or not UTF-8).
 pub fn request_header(key: &str) -> Option<String> {
-    header(MapType::HttpRequestHeaders, key)
-        .ok()
-        .flatten()
-        .and_then(|v| String::from_utf8(v).ok())
+    header(MapType::HttpRequestHeaders, key).ok().flatten().and_then(|v| String::from_utf8(v).ok())
 }
 
 /// The `:status` of a callout answer (`None` for a reset callout without headers).
 pub fn call_status() -> Option<Vec<u8>> {
-    header(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
+    header(MapType::HttpCallResponseHeaders, ":status").ok().flatten()
 }
 
 pub fn set_request_header(key: &str, value: &str) -> Result<(), Status> {
@@ -123,15 +110,7 @@ pub fn set_response_header(key: &str, value: &str) -> Result<(), Status> {
 
 fn set_header(map: MapType, key: &str, value: &str) -> Result<(), Status> {
     // SAFETY: pointers and lengths of live &strs.
-    status(unsafe {
-        proxy_replace_header_map_value(
-            map as u32,
-            key.as_ptr(),
-            key.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
+    status(unsafe { proxy_replace_header_map_value(map as u32, key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
 }
 
 fn buffer(kind: BufferType, size: usize) -> Result<Vec<u8>, Status> {
@@ -157,27 +136,11 @@ pub fn plugin_configuration() -> Result<Vec<u8>, Status> {
 }
 
 /// Sends a probe; the token comes back in `on_http_call_response`.
-pub fn dispatch(
-    cluster: &str,
-    path: &str,
-    authority: &str,
-    body: &[u8],
-    timeout_ms: u64,
-) -> Result<u32, Status> {
-    let headers = vec![
-        (":method", "POST"),
-        (":path", path),
-        (":authority", authority),
-        ("content-type", "application/json"),
-    ];
-    proxy_wasm::hostcalls::dispatch_http_call(
-        cluster,
-        headers,
-        Some(body),
-        vec![],
-        Duration::from_millis(timeout_ms),
-    )
-    .map_err(|s| s as u32)
+pub fn dispatch(cluster: &str, path: &str, authority: &str, body: &[u8], timeout_ms: u64) -> Result<u32, Status> {
+    let headers =
+        vec![(":method", "POST"), (":path", path), (":authority", authority), ("content-type", "application/json")];
+    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], Duration::from_millis(timeout_ms))
+        .map_err(|s| s as u32)
 }
 
 pub fn resume_request() -> Result<(), Status> {
@@ -190,9 +153,7 @@ pub fn clear_route_cache() -> Result<(), Status> {
     let name = "clear_route_cache";
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: pointers of a live &str, a null argument buffer, out-pointers outliving the call.
-    let s = unsafe {
-        proxy_call_foreign_function(name.as_ptr(), name.len(), null(), 0, &mut data, &mut size)
-    };
+    let s = unsafe { proxy_call_foreign_function(name.as_ptr(), name.len(), null(), 0, &mut data, &mut size) };
     drop(owned(data, size));
     status(s)
 }
@@ -200,8 +161,7 @@ pub fn clear_route_cache() -> Result<(), Status> {
 pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, Status> {
     let mut id = 0u32;
     // SAFETY: pointer and length of a live &str; `id` outlives the call.
-    status(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })
-        .map(|()| id)
+    status(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) }).map(|()| id)
 }
 
 pub fn increment(id: Option<u32>) {

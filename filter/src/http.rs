@@ -21,11 +21,7 @@ enum Phase {
     /// Headers held; buffering the body.
     Body(HeaderHints),
     /// Probes out: `(token, group)` of the pending ones.
-    Probing {
-        features: RequestFeatures,
-        pending: Vec<(u32, usize)>,
-        started_ns: u64,
-    },
+    Probing { features: RequestFeatures, pending: Vec<(u32, usize)>, started_ns: u64 },
 }
 
 pub struct Http {
@@ -37,12 +33,7 @@ pub struct Http {
 
 impl Http {
     pub fn new(shared: Option<Rc<Shared>>) -> Self {
-        Http {
-            shared,
-            phase: Phase::Pass,
-            answers: Vec::new(),
-            routed: None,
-        }
+        Http { shared, phase: Phase::Pass, answers: Vec::new(), routed: None }
     }
 
     /// Body complete: probe every group. `Pause` while probes are out.
@@ -60,10 +51,7 @@ impl Http {
         self.answers = vec![None; config.groups.len()];
         let wanted = {
             let in_flight = shared.in_flight.borrow();
-            shared
-                .selector
-                .try_borrow()
-                .map_or(true, |s| route::should_probe(&shared.plan, &s, &features, &in_flight))
+            shared.selector.try_borrow().map_or(true, |s| route::should_probe(&shared.plan, &s, &features, &in_flight))
         };
         if !wanted {
             // One candidate pool (or a policy without probes): decide now, nothing to wait for.
@@ -72,22 +60,14 @@ impl Http {
         }
         let mut pending = Vec::new();
         for (g, group) in config.groups.iter().enumerate() {
-            match host::dispatch(
-                &group.cluster,
-                &group.path,
-                shared.plan.authority(g),
-                &body,
-                config.probe_timeout_ms,
-            ) {
+            match host::dispatch(&group.cluster, &group.path, shared.plan.authority(g), &body, config.probe_timeout_ms)
+            {
                 Ok(token) => pending.push((token, g)),
                 Err(s) => {
                     host::increment(shared.metrics.probe_failures[g]);
                     host::log(
                         LogLevel::Warn,
-                        &format!(
-                            "kvroute-filter: probe to {} not sent (status {s})",
-                            group.cluster
-                        ),
+                        &format!("kvroute-filter: probe to {} not sent (status {s})", group.cluster),
                     );
                 }
             }
@@ -96,11 +76,7 @@ impl Http {
             self.apply(shared, &features);
             return Action::Continue;
         }
-        self.phase = Phase::Probing {
-            features,
-            pending,
-            started_ns: host::now_ns(),
-        };
+        self.phase = Phase::Probing { features, pending, started_ns: host::now_ns() };
         Action::Pause
     }
 
@@ -111,13 +87,7 @@ impl Http {
                 return;
             };
             let in_flight = shared.in_flight.borrow().clone();
-            route::route(
-                &shared.plan,
-                &mut selector,
-                features,
-                &self.answers,
-                &in_flight,
-            )
+            route::route(&shared.plan, &mut selector, features, &self.answers, &in_flight)
         };
         let config = &shared.plan.config;
         if routing.fell_back {
@@ -144,47 +114,25 @@ impl Http {
 }
 
 impl Context for Http {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Phase::Probing {
-            pending,
-            started_ns,
-            ..
-        } = &mut self.phase
-        else {
+        let Phase::Probing { pending, started_ns, .. } = &mut self.phase else {
             return;
         };
         let Some(at) = pending.iter().position(|&(t, _)| t == token) else {
             return;
         };
         let (_, g) = pending.swap_remove(at);
-        let status = if num_headers == 0 {
-            None
-        } else {
-            host::call_status()
-        };
-        let body = if body_size == 0 {
-            Vec::new()
-        } else {
-            host::call_body(body_size).unwrap_or_default()
-        };
+        let status = if num_headers == 0 { None } else { host::call_status() };
+        let body = if body_size == 0 { Vec::new() } else { host::call_body(body_size).unwrap_or_default() };
         match route::read_answer(status.as_deref(), &body) {
             Ok(answer) => self.answers[g] = Some(answer),
             Err(why) => {
                 host::increment(shared.metrics.probe_failures[g]);
                 let cluster = &shared.plan.config.groups[g].cluster;
-                host::log(
-                    LogLevel::Debug,
-                    &format!("kvroute-filter: probe to {cluster} failed: {why}"),
-                );
+                host::log(LogLevel::Debug, &format!("kvroute-filter: probe to {cluster} failed: {why}"));
             }
         }
         if !pending.is_empty() {
@@ -192,16 +140,12 @@ impl Context for Http {
         }
         let elapsed_ms = host::now_ns().saturating_sub(*started_ns) / 1_000_000;
         host::record(shared.metrics.probe_latency_ms, elapsed_ms);
-        let Phase::Probing { features, .. } = std::mem::replace(&mut self.phase, Phase::Pass)
-        else {
+        let Phase::Probing { features, .. } = std::mem::replace(&mut self.phase, Phase::Pass) else {
             return;
         };
         self.apply(&shared, &features);
         if let Err(s) = host::resume_request() {
-            host::log(
-                LogLevel::Warn,
-                &format!("kvroute-filter: resume failed (status {s})"),
-            );
+            host::log(LogLevel::Warn, &format!("kvroute-filter: resume failed (status {s})"));
         }
     }
 }
@@ -234,16 +178,8 @@ impl HttpContext for Http {
                 self.phase = Phase::Body(hints);
                 Action::Pause
             }
-            Phase::Probing {
-                features,
-                pending,
-                started_ns,
-            } => {
-                self.phase = Phase::Probing {
-                    features,
-                    pending,
-                    started_ns,
-                };
+            Phase::Probing { features, pending, started_ns } => {
+                self.phase = Phase::Probing { features, pending, started_ns };
                 Action::Pause
             }
             _ => Action::Continue,
@@ -261,13 +197,7 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        if let (
-            Some(shared),
-            Some(Routing {
-                pool: Some(pool), ..
-            }),
-        ) = (&self.shared, &self.routed)
-        {
+        if let (Some(shared), Some(Routing { pool: Some(pool), .. })) = (&self.shared, &self.routed) {
             if let Some(n) = shared.in_flight.borrow_mut().get_mut(*pool) {
                 *n = n.saturating_sub(1);
             }

@@ -43,24 +43,17 @@ impl RootContext for Root {
         let plan = match Plan::parse(&raw) {
             Ok(plan) => plan,
             Err(e) => {
-                host::log(
-                    LogLevel::Error,
-                    &format!("kvroute-filter: rejected configuration: {e}"),
-                );
+                host::log(LogLevel::Error, &format!("kvroute-filter: rejected configuration: {e}"));
                 return false;
             }
         };
-        let selector =
-            match Selector::new(plan.select.clone(), SmallRng::seed_from_u64(host::now_ns())) {
-                Ok(s) => s,
-                Err(e) => {
-                    host::log(
-                        LogLevel::Error,
-                        &format!("kvroute-filter: rejected configuration: {e}"),
-                    );
-                    return false;
-                }
-            };
+        let selector = match Selector::new(plan.select.clone(), SmallRng::seed_from_u64(host::now_ns())) {
+            Ok(s) => s,
+            Err(e) => {
+                host::log(LogLevel::Error, &format!("kvroute-filter: rejected configuration: {e}"));
+                return false;
+            }
+        };
         let metric = |kind, name: String| host::define_metric(kind, &name).ok();
         let metrics = Metrics {
             decisions: plan
@@ -73,12 +66,7 @@ impl RootContext for Root {
                 .config
                 .groups
                 .iter()
-                .map(|g| {
-                    metric(
-                        MetricType::Counter,
-                        format!("kvroute.probe_failures.{}", g.cluster),
-                    )
-                })
+                .map(|g| metric(MetricType::Counter, format!("kvroute.probe_failures.{}", g.cluster)))
                 .collect(),
             fallbacks: metric(MetricType::Counter, "kvroute.fallbacks".into()),
             probe_latency_ms: metric(MetricType::Histogram, "kvroute.probe_latency_ms".into()),
@@ -86,10 +74,7 @@ impl RootContext for Root {
         let pools = plan.select.pools.len();
         host::log(
             LogLevel::Info,
-            &format!(
-                "kvroute-filter: {} router groups, {pools} pools",
-                plan.config.groups.len()
-            ),
+            &format!("kvroute-filter: {} router groups, {pools} pools", plan.config.groups.len()),
         );
         self.shared = Some(Rc::new(Shared {
             plan,

@@ -114,21 +114,13 @@ pub fn features(body: &[u8], headers: &HeaderHints) -> Option<RequestFeatures> {
         (None, None) => return None,
     };
     let hints = peek.kvroute.unwrap_or_default();
-    let num = |h: &Option<String>| {
-        h.as_deref()
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|x| x.is_finite())
-    };
+    let num = |h: &Option<String>| h.as_deref().and_then(|s| s.trim().parse::<f64>().ok()).filter(|x| x.is_finite());
     Some(RequestFeatures {
         model: peek.model,
         isl_tokens,
         ttft_target_ms: num(&headers.ttft_target_ms).or(hints.ttft_target_ms),
         itl_target_ms: num(&headers.itl_target_ms).or(hints.itl_target_ms),
-        priority: headers
-            .priority
-            .as_deref()
-            .and_then(|s| s.trim().parse().ok())
-            .or(hints.priority),
+        priority: headers.priority.as_deref().and_then(|s| s.trim().parse().ok()).or(hints.priority),
     })
 }
 
@@ -204,20 +196,11 @@ pub fn should_probe<R: Rng>(
 /// The pools as the filter knows them: healthy (a failing group shows as a missing answer),
 /// with the requests it sent there and has not seen finish.
 fn states(n: usize, in_flight: &[u64]) -> Vec<PoolState> {
-    (0..n)
-        .map(|i| PoolState {
-            healthy: true,
-            in_flight: in_flight.get(i).copied().unwrap_or(0),
-        })
-        .collect()
+    (0..n).map(|i| PoolState { healthy: true, in_flight: in_flight.get(i).copied().unwrap_or(0) }).collect()
 }
 
 fn fallback(plan: &Plan, why: &str) -> Routing {
-    let pool = plan
-        .config
-        .fallback_pool
-        .as_ref()
-        .and_then(|f| plan.select.pools.iter().position(|p| &p.name == f));
+    let pool = plan.config.fallback_pool.as_ref().and_then(|f| plan.select.pools.iter().position(|p| &p.name == f));
     Routing {
         pool,
         pool_name: pool.map(|i| plan.select.pools[i].name.clone()),
@@ -256,22 +239,13 @@ mod tests {
     }
 
     fn feats() -> RequestFeatures {
-        RequestFeatures {
-            isl_tokens: 128,
-            ..RequestFeatures::default()
-        }
+        RequestFeatures { isl_tokens: 128, ..RequestFeatures::default() }
     }
 
     #[test]
     fn the_pool_with_the_cached_prefix_wins() {
         let p = plan(THREE);
-        let r = route(
-            &p,
-            &mut selector(&p),
-            &feats(),
-            &[Some(probe(0, 128)), Some(probe(6, 32)), None],
-            &[0; 3],
-        );
+        let r = route(&p, &mut selector(&p), &feats(), &[Some(probe(0, 128)), Some(probe(6, 32)), None], &[0; 3]);
         assert_eq!(r.pool_name.as_deref(), Some("b"));
         assert_eq!(r.worker, Some((46, 0)));
         assert!(r.reason.starts_with("kv_overlap "), "{}", r.reason);
@@ -281,26 +255,14 @@ mod tests {
     #[test]
     fn a_missing_answer_leaves_the_pool_out_of_scoring() {
         let p = plan(THREE);
-        let r = route(
-            &p,
-            &mut selector(&p),
-            &feats(),
-            &[None, Some(probe(0, 128)), None],
-            &[0; 3],
-        );
+        let r = route(&p, &mut selector(&p), &feats(), &[None, Some(probe(0, 128)), None], &[0; 3]);
         assert_eq!(r.pool_name.as_deref(), Some("b"));
     }
 
     #[test]
     fn no_answer_falls_back_to_the_fallback_pool() {
         let p = plan(THREE);
-        let r = route(
-            &p,
-            &mut selector(&p),
-            &feats(),
-            &[None, None, None],
-            &[0; 3],
-        );
+        let r = route(&p, &mut selector(&p), &feats(), &[None, None, None], &[0; 3]);
         assert_eq!((r.pool, r.fell_back), (Some(2), true));
         assert_eq!(r.reason, "fallback no probe answered");
     }
@@ -318,17 +280,8 @@ mod tests {
             r#"{"groups": [{"pool": "a", "cluster": "r1"}, {"pool": "a", "cluster": "r2"},
             {"pool": "b", "cluster": "r3"}]}"#,
         );
-        let r = route(
-            &p,
-            &mut selector(&p),
-            &feats(),
-            &[None, Some(probe(7, 16)), Some(probe(0, 128))],
-            &[0; 2],
-        );
-        assert_eq!(
-            (r.pool_name.as_deref(), r.worker),
-            (Some("a"), Some((47, 0)))
-        );
+        let r = route(&p, &mut selector(&p), &feats(), &[None, Some(probe(7, 16)), Some(probe(0, 128))], &[0; 2]);
+        assert_eq!((r.pool_name.as_deref(), r.worker), (Some("a"), Some((47, 0))));
     }
 
     #[test]
@@ -363,41 +316,25 @@ mod tests {
     #[test]
     fn probe_failures_are_classified() {
         assert_eq!(read_answer(None, b""), Err("reset"));
-        assert_eq!(
-            read_answer(Some(b"504"), b"upstream request timeout"),
-            Err("timeout")
-        );
+        assert_eq!(read_answer(Some(b"504"), b"upstream request timeout"), Err("timeout"));
         assert_eq!(read_answer(Some(b"503"), b""), Err("unavailable"));
         assert_eq!(read_answer(Some(b"500"), b"{}"), Err("status"));
         assert_eq!(read_answer(Some(b"200"), b"not json"), Err("garbage"));
-        assert_eq!(
-            read_answer(Some(b"200"), br#"{"worker_id": 1}"#),
-            Err("garbage")
-        );
+        assert_eq!(read_answer(Some(b"200"), br#"{"worker_id": 1}"#), Err("garbage"));
         let ok = br#"{"worker_id":3,"dp_rank":1,"overlap_blocks":2,"request_blocks":4,
             "potential_prefill_tokens":32,"potential_decode_blocks":4,"cost":6.0}"#;
-        assert_eq!(
-            read_answer(Some(b"200"), ok).map(|a| (a.worker_id, a.dp_rank)),
-            Ok((3, 1))
-        );
+        assert_eq!(read_answer(Some(b"200"), ok).map(|a| (a.worker_id, a.dp_rank)), Ok((3, 1)));
     }
 
     #[test]
     fn completion_bodies_give_features() {
-        let f = features(
-            br#"{"model": "m", "prompt": [1, 2, 3], "max_tokens": 1}"#,
-            &HeaderHints::default(),
-        )
-        .unwrap();
+        let f = features(br#"{"model": "m", "prompt": [1, 2, 3], "max_tokens": 1}"#, &HeaderHints::default()).unwrap();
         assert_eq!((f.model.as_deref(), f.isl_tokens), (Some("m"), 3));
         let f = features(br#"{"prompt": "abcdefgh"}"#, &HeaderHints::default()).unwrap();
         assert_eq!(f.isl_tokens, 2);
         let chat = br#"{"messages": [{"role": "user", "content": "abcd"},
             {"role": "user", "content": [{"type": "text", "text": "efgh"}]}]}"#;
-        assert_eq!(
-            features(chat, &HeaderHints::default()).unwrap().isl_tokens,
-            2
-        );
+        assert_eq!(features(chat, &HeaderHints::default()).unwrap().isl_tokens, 2);
         // Long prompts are measured, not copied: 8k ids, 220 KB of text (with escapes).
         let ids: Vec<u32> = (0..8192).collect();
         let body = serde_json::to_vec(&serde_json::json!({"prompt": ids})).unwrap();
@@ -406,7 +343,8 @@ mod tests {
         let body = serde_json::to_vec(&serde_json::json!({"prompt": text})).unwrap();
         assert_eq!(features(&body, &HeaderHints::default()).unwrap().isl_tokens, 55_000);
         // Parts that are not text count nothing; a null content counts nothing.
-        let mixed = br#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "abcdefgh"}},
+        let mixed =
+            br#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "abcdefgh"}},
             {"type": "text", "text": "abcdefgh"}]}, {"role": "assistant", "content": null}]}"#;
         assert_eq!(features(mixed, &HeaderHints::default()).unwrap().isl_tokens, 2);
     }
@@ -414,25 +352,16 @@ mod tests {
     #[test]
     fn non_completion_bodies_pass_through() {
         assert_eq!(features(b"not json", &HeaderHints::default()), None);
-        assert_eq!(
-            features(br#"{"model": "m"}"#, &HeaderHints::default()),
-            None
-        );
+        assert_eq!(features(br#"{"model": "m"}"#, &HeaderHints::default()), None);
         assert_eq!(features(br#"[1, 2]"#, &HeaderHints::default()), None);
     }
 
     #[test]
     fn headers_win_over_the_body_hints() {
         let body = br#"{"prompt": "x", "kvroute": {"priority": 1, "ttft_target_ms": 50, "itl_target_ms": 5}}"#;
-        let headers = HeaderHints {
-            priority: Some("7".into()),
-            ttft_target_ms: Some("nope".into()),
-            itl_target_ms: None,
-        };
+        let headers =
+            HeaderHints { priority: Some("7".into()), ttft_target_ms: Some("nope".into()), itl_target_ms: None };
         let f = features(body, &headers).unwrap();
-        assert_eq!(
-            (f.priority, f.ttft_target_ms, f.itl_target_ms),
-            (Some(7), Some(50.0), Some(5.0))
-        );
+        assert_eq!((f.priority, f.ttft_target_ms, f.itl_target_ms), (Some(7), Some(50.0), Some(5.0)));
     }
 }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use kvroute_pool_select::{ConfigError, PoolFacts, PoolLimits, Policy, SelectConfig};
+use kvroute_pool_select::{ConfigError, Policy, PoolFacts, PoolLimits, SelectConfig};
 use serde::{Deserialize, Serialize};
 
 /// One pool: its selection facts and its router group (one or more kv-router replicas).
@@ -112,10 +112,18 @@ impl GlobalRouterConfig {
         self.select_config().validate()?;
         for (i, p) in self.pools.iter().enumerate() {
             if p.routers.is_empty() {
-                return Err(ConfigError { path: format!("pools[{i}].routers"), message: "must list at least one router URL".into() });
+                return Err(ConfigError {
+                    path: format!("pools[{i}].routers"),
+                    message: "must list at least one router URL".into(),
+                });
             }
-            if let Some((j, u)) = p.routers.iter().enumerate().find(|(_, u)| !(u.starts_with("http://") || u.starts_with("https://"))) {
-                return Err(ConfigError { path: format!("pools[{i}].routers[{j}]"), message: format!("must start with http://, got {u:?}") });
+            if let Some((j, u)) =
+                p.routers.iter().enumerate().find(|(_, u)| !(u.starts_with("http://") || u.starts_with("https://")))
+            {
+                return Err(ConfigError {
+                    path: format!("pools[{i}].routers[{j}]"),
+                    message: format!("must start with http://, got {u:?}"),
+                });
             }
         }
         if self.probe_timeout_ms == 0 {

@@ -19,9 +19,18 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("metric registered once");
             c
         };
-        let decisions = counter("kvroute_global_decisions_total", "Requests sent to each pool, by policy.", &["pool", "policy"]);
-        let probe_failures = counter("kvroute_global_probe_failures_total", "Probes that timed out, failed or answered garbage.", &["pool"]);
-        let retries = counter("kvroute_global_retries_total", "Requests retried on this pool after another failed before its first byte.", &["pool"]);
+        let decisions =
+            counter("kvroute_global_decisions_total", "Requests sent to each pool, by policy.", &["pool", "policy"]);
+        let probe_failures = counter(
+            "kvroute_global_probe_failures_total",
+            "Probes that timed out, failed or answered garbage.",
+            &["pool"],
+        );
+        let retries = counter(
+            "kvroute_global_retries_total",
+            "Requests retried on this pool after another failed before its first byte.",
+            &["pool"],
+        );
         let probe_latency = Histogram::with_opts(
             HistogramOpts::new("kvroute_global_probe_seconds", "Latency of one /best_worker probe.")
                 .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),

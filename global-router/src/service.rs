@@ -18,10 +18,10 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use kvroute_pool_select::{BestWorkerResponse, Decision, Policy, PoolState, RequestFeatures, Selector};
 use kvroute_protocol::openai::{ChatMessage, ErrorBody, Prompt};
-use serde::Deserialize;
 use kvroute_tokenizer::{RecentTexts, Tokenizer};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -87,7 +87,10 @@ impl PoolRuntime {
     fn replica(&self) -> &Replica {
         let n = self.replicas.len();
         let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|k| &self.replicas[(start + k) % n]).find(|r| r.healthy.load(Ordering::Relaxed)).unwrap_or(&self.replicas[start % n])
+        (0..n)
+            .map(|k| &self.replicas[(start + k) % n])
+            .find(|r| r.healthy.load(Ordering::Relaxed))
+            .unwrap_or(&self.replicas[start % n])
     }
 }
 
@@ -116,7 +119,11 @@ pub async fn start(config: GlobalRouterConfig, tokenizer: Arc<Tokenizer>) -> Res
         .iter()
         .map(|p| PoolRuntime {
             name: p.name.clone(),
-            replicas: p.routers.iter().map(|u| Replica { url: u.trim_end_matches('/').to_owned(), healthy: AtomicBool::new(true) }).collect(),
+            replicas: p
+                .routers
+                .iter()
+                .map(|u| Replica { url: u.trim_end_matches('/').to_owned(), healthy: AtomicBool::new(true) })
+                .collect(),
             in_flight: AtomicU64::new(0),
             next_replica: AtomicUsize::new(0),
         })
@@ -181,18 +188,25 @@ fn parse(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<(Bytes, R
     if !kvroute_protocol::api::is_json_object(body) {
         return Err(GlobalError::bad_request("the request body must be a JSON object"));
     }
-    let peek: Peek = serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
+    let peek: Peek =
+        serde_json::from_slice(body).map_err(|e| GlobalError::bad_request(format!("invalid request: {e}")))?;
     let stripped = peek.kvroute.is_some();
     let from_body = peek.kvroute.as_ref().unwrap_or(&NO_HINTS);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
     let number = |name: &str, key: &str| -> Result<Option<f64>, GlobalError> {
         match header(name) {
-            Some(v) => v.parse::<f64>().map(Some).map_err(|_| GlobalError::bad_request(format!("{name} must be a number, got {v:?}"))),
+            Some(v) => v
+                .parse::<f64>()
+                .map(Some)
+                .map_err(|_| GlobalError::bad_request(format!("{name} must be a number, got {v:?}"))),
             None => Ok(from_body[key].as_f64()),
         }
     };
     let priority = match header("x-kvroute-priority") {
-        Some(v) => Some(v.parse::<i64>().map_err(|_| GlobalError::bad_request(format!("x-kvroute-priority must be an integer, got {v:?}")))?),
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| GlobalError::bad_request(format!("x-kvroute-priority must be an integer, got {v:?}")))?,
+        ),
         None => from_body["priority"].as_i64(),
     };
     let isl_tokens = if shared.needs_isl { prompt_tokens(shared, &peek) } else { 0 };
@@ -224,7 +238,9 @@ fn prompt_tokens(shared: &Shared, peek: &Peek) -> u64 {
             Prompt::Text(text) => shared.recent.encode(&shared.tokenizer, &text).map_or(0, |(ids, _)| ids.len() as u64),
         };
     }
-    let Some(messages) = peek.messages.and_then(|m| serde_json::from_str::<Vec<ChatMessage>>(m.get()).ok()) else { return 0 };
+    let Some(messages) = peek.messages.and_then(|m| serde_json::from_str::<Vec<ChatMessage>>(m.get()).ok()) else {
+        return 0;
+    };
     shared
         .tokenizer
         .apply_chat_template(&messages, true)
@@ -268,14 +284,20 @@ impl Drop for InFlight {
     }
 }
 
-async fn route(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'static str) -> Result<Response, GlobalError> {
+async fn route(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+    path: &'static str,
+) -> Result<Response, GlobalError> {
     let (forwarded, features) = if shared.needs_isl && body.len() >= TOKENIZE_OFF_RUNTIME_BYTES {
         // Tokenizing a long prompt takes long enough (≈ 150 ms for 220 KB of new text) to stall
         // every request queued on this runtime worker: do it on a blocking thread.
         let (s, h, b) = (shared.clone(), headers.clone(), body.clone());
-        tokio::task::spawn_blocking(move || parse(&s, &h, &b))
-            .await
-            .map_err(|e| GlobalError { status: StatusCode::INTERNAL_SERVER_ERROR, message: format!("parsing the request failed: {e}") })??
+        tokio::task::spawn_blocking(move || parse(&s, &h, &b)).await.map_err(|e| GlobalError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("parsing the request failed: {e}"),
+        })??
     } else {
         parse(&shared, &headers, &body)?
     };
@@ -290,7 +312,8 @@ async fn route(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'sta
     let probe_refs: Vec<Option<&BestWorkerResponse>> = probes.iter().map(Option::as_ref).collect();
     // Phase 3, decide.
     let decision = shared.selector.lock().unwrap_or_else(|e| e.into_inner()).decide(&features, &states, &probe_refs);
-    let decision = decision.map_err(|e| GlobalError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() })?;
+    let decision =
+        decision.map_err(|e| GlobalError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() })?;
     shared.metrics.decisions.with_label_values(&[&decision.pool_name, decision.reason.policy]).inc();
     tracing::debug!(pool = %decision.pool_name, reason = %decision.reason, "pool chosen");
 
@@ -309,7 +332,10 @@ async fn route(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'sta
             }
         }
     }
-    Err(GlobalError { status: StatusCode::BAD_GATEWAY, message: format!("every eligible pool failed; last: {last_error}") })
+    Err(GlobalError {
+        status: StatusCode::BAD_GATEWAY,
+        message: format!("every eligible pool failed; last: {last_error}"),
+    })
 }
 
 /// Forward to one pool. `Err` only before any byte of the answer was passed on.
@@ -329,7 +355,9 @@ async fn forward(
         headers.push((HeaderName::from_static("x-dp-rank"), HeaderValue::from(p.dp_rank)));
     }
     if let Some(d) = &decision.disaggregated {
-        for (name, pool_name) in [("x-kvroute-prefill-pool", &d.prefill_pool_name), ("x-kvroute-decode-pool", &d.decode_pool_name)] {
+        for (name, pool_name) in
+            [("x-kvroute-prefill-pool", &d.prefill_pool_name), ("x-kvroute-decode-pool", &d.decode_pool_name)]
+        {
             headers.push((HeaderName::from_static(name), HeaderValue::from_str(pool_name).map_err(|e| e.to_string())?));
         }
     }
@@ -364,7 +392,10 @@ async fn forward(
         h.insert(name, value);
     }
     h.insert("x-kvroute-pool", HeaderValue::from_str(&runtime.name).map_err(|e| e.to_string())?);
-    h.insert("x-kvroute-reason", HeaderValue::from_str(&decision.reason.summary).unwrap_or(HeaderValue::from_static("unprintable")));
+    h.insert(
+        "x-kvroute-reason",
+        HeaderValue::from_str(&decision.reason.summary).unwrap_or(HeaderValue::from_static("unprintable")),
+    );
     if let Some(d) = &decision.disaggregated {
         h.insert("x-kvroute-prefill-pool", HeaderValue::from_str(&d.prefill_pool_name).map_err(|e| e.to_string())?);
         h.insert("x-kvroute-decode-pool", HeaderValue::from_str(&d.decode_pool_name).map_err(|e| e.to_string())?);
@@ -410,7 +441,8 @@ mod tests {
 
     #[test]
     fn the_kvroute_object_is_taken_out_and_everything_else_kept() {
-        let body = Bytes::from_static(br#"{"model": "m", "prompt": [1, 2], "kvroute": {"priority": 3}, "max_tokens": 4}"#);
+        let body =
+            Bytes::from_static(br#"{"model": "m", "prompt": [1, 2], "kvroute": {"priority": 3}, "max_tokens": 4}"#);
         let forwarded: Value = serde_json::from_slice(&without_kvroute(&body).unwrap()).unwrap();
         assert_eq!(forwarded, json!({"model": "m", "prompt": [1, 2], "max_tokens": 4}));
     }

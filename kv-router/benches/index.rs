@@ -44,12 +44,18 @@ fn apply_events(c: &mut Criterion) {
         let events = workload::events(Shape::DYNAMO, e);
         group.throughput(Throughput::Elements(events.len() as u64));
         // The index is returned so it is dropped outside the timed region.
-        group.bench_function(e.to_string(), |b| b.iter_batched(KvIndex::new, |mut index| {
-            for event in &events {
-                let _ = black_box(index.apply_event(event));
-            }
-            index
-        }, BatchSize::PerIteration));
+        group.bench_function(e.to_string(), |b| {
+            b.iter_batched(
+                KvIndex::new,
+                |mut index| {
+                    for event in &events {
+                        let _ = black_box(index.apply_event(event));
+                    }
+                    index
+                },
+                BatchSize::PerIteration,
+            )
+        });
     }
     group.finish();
 }
@@ -59,17 +65,17 @@ fn find_matches(c: &mut Criterion) {
     let queries = workload::queries(Shape::DYNAMO);
     let mut group = c.benchmark_group("find_matches");
     group.throughput(Throughput::Elements(1));
-    for (name, set) in [
-        ("full_hit", &queries.full_hit),
-        ("prefix_then_miss", &queries.prefix_then_miss),
-        ("miss", &queries.miss),
-    ] {
+    for (name, set) in
+        [("full_hit", &queries.full_hit), ("prefix_then_miss", &queries.prefix_then_miss), ("miss", &queries.miss)]
+    {
         let mut next = 0usize;
-        group.bench_function(name, |b| b.iter(|| {
-            let query = &set[next % set.len()];
-            next += 1;
-            black_box(index.find_matches(black_box(query)))
-        }));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let query = &set[next % set.len()];
+                next += 1;
+                black_box(index.find_matches(black_box(query)))
+            })
+        });
     }
     group.finish();
 }
@@ -87,18 +93,21 @@ fn replay_mooncake(c: &mut Criterion) {
     let mut group = c.benchmark_group("replay_mooncake");
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(requests.len() as u64));
-    group.bench_function(format!("{}_requests", requests.len()), |b| b.iter_batched(KvIndex::new, |mut index| {
-        black_box(workload::replay_mooncake(&mut index, &requests));
-        index
-    }, BatchSize::PerIteration));
+    group.bench_function(format!("{}_requests", requests.len()), |b| {
+        b.iter_batched(
+            KvIndex::new,
+            |mut index| {
+                black_box(workload::replay_mooncake(&mut index, &requests));
+                index
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
+    Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
 }
 
 criterion_group! {

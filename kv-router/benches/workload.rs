@@ -112,7 +112,8 @@ pub fn queries(shape: Shape) -> Queries {
     let prefix_then_miss = (0..QUERIES as u64)
         .map(|k| {
             let shared = (1..=SHARED_PREFIX as u64).map(LocalBlockHash);
-            let fresh = (0..(SEQ_BLOCKS - SHARED_PREFIX) as u64).map(|i| LocalBlockHash((999_999u64 << 20) + i + k * 1000));
+            let fresh =
+                (0..(SEQ_BLOCKS - SHARED_PREFIX) as u64).map(|i| LocalBlockHash((999_999u64 << 20) + i + k * 1000));
             shared.chain(fresh).collect()
         })
         .collect();
@@ -155,7 +156,8 @@ pub fn load_mooncake(path: &Path, limit: usize, block_size: usize) -> io::Result
     let mut out = Vec::new();
     for (n, line) in file.lines().enumerate().take(limit) {
         let line = line?;
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}:{}: {what}", path.display(), n + 1));
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}:{}: {what}", path.display(), n + 1));
         let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(&e.to_string()))?;
         let input_length = v["input_length"].as_u64().ok_or_else(|| bad("no input_length"))? as usize;
         let ids = v["hash_ids"].as_array().ok_or_else(|| bad("no hash_ids"))?;
@@ -210,7 +212,9 @@ pub fn replay_mooncake(index: &mut KvIndex, requests: &[TraceRequest]) -> Replay
         let parent_hash = held.checked_sub(1).map(|p| request.engine[p]);
         let data = KvCacheEventData::Stored(KvCacheStoreData { parent_hash, blocks });
         totals.stored_blocks += (request.blocks.len() - held) as u64;
-        index.apply_event(&RouterEvent::new(worker, i as u64, data)).expect("replay events chain to blocks the worker holds");
+        index
+            .apply_event(&RouterEvent::new(worker, i as u64, data))
+            .expect("replay events chain to blocks the worker holds");
     }
     totals
 }

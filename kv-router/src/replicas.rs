@@ -36,12 +36,25 @@ use serde::{Deserialize, Serialize};
 pub enum LoadUpdate {
     /// A request was routed to `(worker_id, dp_rank)`: `prefill_tokens` to compute there, and
     /// the sequence hashes of its blocks.
-    Routed { request_id: String, worker_id: u64, dp_rank: u32, prefill_tokens: u64, blocks: Vec<u64> },
+    Routed {
+        request_id: String,
+        worker_id: u64,
+        dp_rank: u32,
+        prefill_tokens: u64,
+        blocks: Vec<u64>,
+    },
     /// Further sequence hashes of a request `routed` in an earlier update (its prompt's hashes
     /// did not fit in one message).
-    MoreBlocks { request_id: String, blocks: Vec<u64> },
-    PrefillComplete { request_id: String },
-    Freed { request_id: String },
+    MoreBlocks {
+        request_id: String,
+        blocks: Vec<u64>,
+    },
+    PrefillComplete {
+        request_id: String,
+    },
+    Freed {
+        request_id: String,
+    },
 }
 
 /// What one replica publishes: its updates since its last message, numbered.
@@ -76,7 +89,8 @@ pub fn pack(replica: &str, first_seq: u64, updates: Vec<LoadUpdate>, resend: boo
     if payload.len() <= max_bytes {
         return vec![payload];
     }
-    let envelope = to_json(&ReplicaMessage { replica: replica.to_owned(), seq: 0, updates: Vec::new(), resend: false }).len();
+    let envelope =
+        to_json(&ReplicaMessage { replica: replica.to_owned(), seq: 0, updates: Vec::new(), resend: false }).len();
     let room = max_bytes.saturating_sub(envelope + ENVELOPE_SLACK).max(1);
     let mut batches: Vec<Vec<LoadUpdate>> = vec![Vec::new()];
     let mut used = 0;
@@ -93,20 +107,32 @@ pub fn pack(replica: &str, first_seq: u64, updates: Vec<LoadUpdate>, resend: boo
         .into_iter()
         .enumerate()
         .map(|(i, updates)| {
-            to_json(&ReplicaMessage { replica: replica.to_owned(), seq: first_seq + i as u64, updates, resend: resend && i == 0 })
+            to_json(&ReplicaMessage {
+                replica: replica.to_owned(),
+                seq: first_seq + i as u64,
+                updates,
+                resend: resend && i == 0,
+            })
         })
         .collect()
 }
 
 /// One update, or a `routed` one cut into parts that each fit in `room` bytes.
 fn split_to_fit(update: LoadUpdate, room: usize) -> Vec<LoadUpdate> {
-    let LoadUpdate::Routed { request_id, worker_id, dp_rank, prefill_tokens, mut blocks } = update else { return vec![update] };
-    let header = LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks: Vec::new() };
+    let LoadUpdate::Routed { request_id, worker_id, dp_rank, prefill_tokens, mut blocks } = update else {
+        return vec![update];
+    };
+    let header =
+        LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks: Vec::new() };
     // `more_blocks` parts carry less besides their hashes than `routed`, so they fit too.
     let per_part = (room.saturating_sub(to_json(&header).len() + 1) / HASH_BYTES).max(1);
     let rest = blocks.split_off(per_part.min(blocks.len()));
-    let mut out = vec![LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks }];
-    out.extend(rest.chunks(per_part).map(|part| LoadUpdate::MoreBlocks { request_id: request_id.clone(), blocks: part.to_vec() }));
+    let mut out =
+        vec![LoadUpdate::Routed { request_id: request_id.clone(), worker_id, dp_rank, prefill_tokens, blocks }];
+    out.extend(
+        rest.chunks(per_part)
+            .map(|part| LoadUpdate::MoreBlocks { request_id: request_id.clone(), blocks: part.to_vec() }),
+    );
     out
 }
 
@@ -165,8 +191,12 @@ impl Peers {
     /// Forget replicas not heard from since `now_ms - expiry_ms`, releasing their requests.
     /// Returns each one gone with the number of requests released.
     pub fn expire(&mut self, loads: &mut impl ReplicaLoads, now_ms: u64, expiry_ms: u64) -> Vec<(String, usize)> {
-        let gone: Vec<String> =
-            self.peers.iter().filter(|(_, p)| now_ms.saturating_sub(p.last_heard_ms) > expiry_ms).map(|(r, _)| r.clone()).collect();
+        let gone: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.last_heard_ms) > expiry_ms)
+            .map(|(r, _)| r.clone())
+            .collect();
         gone.into_iter()
             .map(|replica| {
                 self.peers.remove(&replica);
@@ -222,7 +252,10 @@ mod tests {
         assert_eq!(peers.receive(&mut log, &message("a", 6, vec![]), 10), Continuity::InOrder);
         assert!(log.forgotten.is_empty());
         // Message 7 was lost.
-        assert_eq!(peers.receive(&mut log, &message("a", 8, vec![freed("2")]), 20), Continuity::Resynced { dropped_requests: 7 });
+        assert_eq!(
+            peers.receive(&mut log, &message("a", 8, vec![freed("2")]), 20),
+            Continuity::Resynced { dropped_requests: 7 }
+        );
         assert_eq!(log.forgotten, vec!["a"]);
         // The message at hand still applies, after the drop.
         assert_eq!(log.applied, vec![("a".into(), freed("1")), ("a".into(), freed("2"))]);
@@ -303,7 +336,13 @@ mod tests {
             "r1",
             3,
             vec![
-                LoadUpdate::Routed { request_id: "q".into(), worker_id: 9, dp_rank: 1, prefill_tokens: 64, blocks: vec![1, u64::MAX] },
+                LoadUpdate::Routed {
+                    request_id: "q".into(),
+                    worker_id: 9,
+                    dp_rank: 1,
+                    prefill_tokens: 64,
+                    blocks: vec![1, u64::MAX],
+                },
                 LoadUpdate::PrefillComplete { request_id: "q".into() },
             ],
         );
@@ -314,6 +353,7 @@ mod tests {
         assert!(heartbeat.updates.is_empty() && !heartbeat.resend);
         let asking = ReplicaMessage { resend: true, ..heartbeat };
         assert!(serde_json::to_string(&asking).unwrap().contains(r#""resend":true"#));
-        assert!(serde_json::from_str::<ReplicaMessage>(r#"{"replica":"r2","seq":0,"updates":[{"op":"teleported"}]}"#).is_err());
+        assert!(serde_json::from_str::<ReplicaMessage>(r#"{"replica":"r2","seq":0,"updates":[{"op":"teleported"}]}"#)
+            .is_err());
     }
 }

@@ -42,8 +42,13 @@ pub enum BlockRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CacheEvent {
     /// Blocks registered, each chained to the previous; the first to `parent`.
-    Stored { parent: Option<SequenceHash>, blocks: Vec<(SequenceHash, Vec<u32>)> },
-    Removed { hashes: Vec<SequenceHash> },
+    Stored {
+        parent: Option<SequenceHash>,
+        blocks: Vec<(SequenceHash, Vec<u32>)>,
+    },
+    Removed {
+        hashes: Vec<SequenceHash>,
+    },
     Cleared,
 }
 
@@ -323,8 +328,14 @@ mod tests {
         let mut pool = BlockPool::new(8);
         store_chain(&mut pool, &[1, 2, 3]);
         let events = pool.take_events();
-        assert_eq!(events, vec![CacheEvent::Stored { parent: None, blocks: vec![(h(1), vec![1]), (h(2), vec![2]), (h(3), vec![3])] }]);
-        let EngineEvent::BlockStored { block_hashes, token_ids, parent_block_hash, .. } = events[0].to_engine_event(1) else { panic!() };
+        assert_eq!(
+            events,
+            vec![CacheEvent::Stored { parent: None, blocks: vec![(h(1), vec![1]), (h(2), vec![2]), (h(3), vec![3])] }]
+        );
+        let EngineEvent::BlockStored { block_hashes, token_ids, parent_block_hash, .. } = events[0].to_engine_event(1)
+        else {
+            panic!()
+        };
         assert_eq!(block_hashes.len(), 3);
         assert_eq!(token_ids, vec![1, 2, 3]);
         assert_eq!(parent_block_hash, None);

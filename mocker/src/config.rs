@@ -65,7 +65,9 @@ impl EngineConfig {
         if let Some(len) = self.max_model_len {
             positive("max_model_len", len)?;
         }
-        for (field, v) in [("speedup_ratio", self.timing.speedup_ratio), ("decode_speedup_ratio", self.timing.decode_speedup_ratio)] {
+        for (field, v) in
+            [("speedup_ratio", self.timing.speedup_ratio), ("decode_speedup_ratio", self.timing.decode_speedup_ratio)]
+        {
             if !(v.is_finite() && v > 0.0) {
                 return Err(ConfigError { field, problem: format!("must be a finite number > 0, got {v}") });
             }

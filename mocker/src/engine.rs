@@ -344,7 +344,11 @@ impl Engine {
             let prompt_len = s.request.prompt.len();
             self.stats.prefix_queries_tokens += prompt_len as u64;
             self.stats.prefix_hits_tokens += (cached_blocks * bs).min(prompt_len) as u64;
-            pass.admitted.push(Admission { request: s.request.id, cached_tokens: cached_blocks * bs, readmitted: s.admitted_once });
+            pass.admitted.push(Admission {
+                request: s.request.id,
+                cached_tokens: cached_blocks * bs,
+                readmitted: s.admitted_once,
+            });
             s.admitted_once = true;
             self.running.push(s);
             let idx = self.running.len() - 1;

@@ -21,8 +21,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+pub use kvroute_protocol::events::{
+    nats_kv_events_subject, NATS_KV_EVENTS_MAX_BYTES, NATS_KV_EVENTS_STREAM, NATS_KV_EVENTS_SUBJECTS,
+};
 use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, KvCacheStoreData, RouterEvent, StoredBlock};
-pub use kvroute_protocol::events::{nats_kv_events_subject, NATS_KV_EVENTS_MAX_BYTES, NATS_KV_EVENTS_STREAM, NATS_KV_EVENTS_SUBJECTS};
 use kvroute_protocol::Worker;
 use tokio::sync::mpsc;
 
@@ -66,7 +68,11 @@ impl Default for PublisherOptions {
 /// one message). It connects in the background (retrying); batches that arrive while the
 /// server cannot be reached are dropped, their ids still counted, so routers see where the
 /// history they hold starts. Each message waits for the stream's acknowledgement, keeping order.
-pub fn spawn_kv_event_publisher(url: String, worker: Worker, options: PublisherOptions) -> mpsc::UnboundedSender<Vec<KvCacheEventData>> {
+pub fn spawn_kv_event_publisher(
+    url: String,
+    worker: Worker,
+    options: PublisherOptions,
+) -> mpsc::UnboundedSender<Vec<KvCacheEventData>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<KvCacheEventData>>();
     tokio::spawn(async move {
         let subject = nats_kv_events_subject(worker);
@@ -102,11 +108,14 @@ pub fn spawn_kv_event_publisher(url: String, worker: Worker, options: PublisherO
                 // Routers see the hole in the event ids and start this worker's view over.
                 tracing::warn!(%subject, error = %e, "publishing KV events to NATS failed");
             }
-            let due = options.snapshot_after_blocks.is_some_and(|n| touched_since_snapshot >= n.max(2 * live.len() as u64));
+            let due =
+                options.snapshot_after_blocks.is_some_and(|n| touched_since_snapshot >= n.max(2 * live.len() as u64));
             if due {
                 touched_since_snapshot = 0;
                 match snapshot(&js, &stream, &subject, worker, &mut next_id, &live).await {
-                    Ok(purged) => tracing::debug!(%subject, blocks = live.len(), purged, "KV events compacted into a snapshot"),
+                    Ok(purged) => {
+                        tracing::debug!(%subject, blocks = live.len(), purged, "KV events compacted into a snapshot")
+                    }
                     Err(e) => tracing::warn!(%subject, error = %e, "compacting KV events failed; the history stays"),
                 }
             }
@@ -206,7 +215,8 @@ impl LiveBlocks {
             list.sort_unstable(); // deterministic output
         }
         let mut events = Vec::new();
-        let mut starts: Vec<(Option<u64>, u64)> = children.get(&None).into_iter().flatten().rev().map(|&h| (None, h)).collect();
+        let mut starts: Vec<(Option<u64>, u64)> =
+            children.get(&None).into_iter().flatten().rev().map(|&h| (None, h)).collect();
         while let Some((parent, start)) = starts.pop() {
             let mut chain = vec![start];
             let mut at = start;
@@ -219,9 +229,13 @@ impl LiveBlocks {
             }
             let blocks = chain
                 .iter()
-                .map(|h| StoredBlock { block_hash: EngineBlockHash(*h), tokens_hash: kvroute_protocol::LocalBlockHash(self.blocks[h].1) })
+                .map(|h| StoredBlock {
+                    block_hash: EngineBlockHash(*h),
+                    tokens_hash: kvroute_protocol::LocalBlockHash(self.blocks[h].1),
+                })
                 .collect();
-            events.push(KvCacheEventData::Stored(KvCacheStoreData { parent_hash: parent.map(EngineBlockHash), blocks }));
+            events
+                .push(KvCacheEventData::Stored(KvCacheStoreData { parent_hash: parent.map(EngineBlockHash), blocks }));
         }
         events
     }
@@ -240,12 +254,20 @@ mod tests {
     fn stored(parent: Option<u64>, blocks: &[u64]) -> KvCacheEventData {
         KvCacheEventData::Stored(KvCacheStoreData {
             parent_hash: parent.map(EngineBlockHash),
-            blocks: blocks.iter().map(|&h| StoredBlock { block_hash: EngineBlockHash(h), tokens_hash: kvroute_protocol::LocalBlockHash(h * 10) }).collect(),
+            blocks: blocks
+                .iter()
+                .map(|&h| StoredBlock {
+                    block_hash: EngineBlockHash(h),
+                    tokens_hash: kvroute_protocol::LocalBlockHash(h * 10),
+                })
+                .collect(),
         })
     }
 
     fn removed(hashes: &[u64]) -> KvCacheEventData {
-        KvCacheEventData::Removed(kvroute_protocol::events::KvCacheRemoveData { block_hashes: hashes.iter().map(|&h| EngineBlockHash(h)).collect() })
+        KvCacheEventData::Removed(kvroute_protocol::events::KvCacheRemoveData {
+            block_hashes: hashes.iter().map(|&h| EngineBlockHash(h)).collect(),
+        })
     }
 
     #[test]
@@ -257,14 +279,20 @@ mod tests {
         }
         let snapshot = live.snapshot();
         // Chains: 1-2, then its branches 3 and 5-6; 7.
-        assert_eq!(snapshot, vec![stored(None, &[1, 2]), stored(Some(2), &[3]), stored(Some(2), &[5, 6]), stored(None, &[7])]);
+        assert_eq!(
+            snapshot,
+            vec![stored(None, &[1, 2]), stored(Some(2), &[3]), stored(Some(2), &[5, 6]), stored(None, &[7])]
+        );
         let mut rebuilt = LiveBlocks::default();
         snapshot.iter().for_each(|e| rebuilt.apply(e));
         assert_eq!(rebuilt, live);
         // A cleared history is empty; touched counts what each event adds.
         live.apply(&KvCacheEventData::Cleared);
         assert!(live.is_empty() && live.snapshot().is_empty());
-        assert_eq!([stored(None, &[1, 2]), removed(&[1]), KvCacheEventData::Cleared].map(|e| LiveBlocks::touched(&e)), [2, 1, 1]);
+        assert_eq!(
+            [stored(None, &[1, 2]), removed(&[1]), KvCacheEventData::Cleared].map(|e| LiveBlocks::touched(&e)),
+            [2, 1, 1]
+        );
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub use decision::{header_safe, Decision, DisaggChoice, Reason, Removal, SelectE
 pub use kvroute_protocol::api::BestWorkerResponse;
 pub use pool::{PoolFacts, PoolLimits, PoolState, PoolView, RequestFeatures};
 pub use score::{
-    policy_needs_probes, AggGrid, DecodeGrid, GridConfig, KvOverlapConfig, KvOverlapCost, Policy, PrefillGrid, PriorityOverride,
+    policy_needs_probes, AggGrid, DecodeGrid, GridConfig, KvOverlapConfig, KvOverlapCost, Policy, PrefillGrid,
+    PriorityOverride,
 };
 pub use selector::Selector;
 

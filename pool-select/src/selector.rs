@@ -60,7 +60,8 @@ impl<R: Rng> Selector<R> {
     /// With a single candidate the answer is that pool whatever the probes say, so the front
     /// door can skip the probe round trip.
     pub fn needs_probes_for(&self, features: &RequestFeatures, states: &[PoolState]) -> bool {
-        let candidates = self.pools.iter().zip(states).filter(|(p, s)| s.healthy && p.serves(features.model.as_deref())).count();
+        let candidates =
+            self.pools.iter().zip(states).filter(|(p, s)| s.healthy && p.serves(features.model.as_deref())).count();
         self.needs_probes() && candidates > 1
     }
 
@@ -70,7 +71,9 @@ impl<R: Rng> Selector<R> {
     /// front door without that tokenizer only estimates).
     fn input_tokens(&self, features: &RequestFeatures, probes: &[Option<&BestWorkerResponse>]) -> Option<u64> {
         let probed = match &self.compiled {
-            Compiled::KvOverlap(c) => probes.iter().flatten().map(|p| u64::from(p.request_blocks) * u64::from(c.block_size)).max(),
+            Compiled::KvOverlap(c) => {
+                probes.iter().flatten().map(|p| u64::from(p.request_blocks) * u64::from(c.block_size)).max()
+            }
             _ => None,
         };
         probed.or((features.isl_tokens > 0).then_some(features.isl_tokens))
@@ -90,7 +93,8 @@ impl<R: Rng> Selector<R> {
         }
         let views: Vec<PoolView<'_>> =
             (0..n).map(|i| PoolView { facts: &self.pools[i], state: states[i], probe: probes[i] }).collect();
-        let filter::Filtered { eligible, mut removed } = filter::apply(features, self.input_tokens(features, probes), &views)?;
+        let filter::Filtered { eligible, mut removed } =
+            filter::apply(features, self.input_tokens(features, probes), &views)?;
         let choice = match &self.compiled {
             Compiled::KvOverlap(c) => kv_overlap::choose(c, &views, &eligible, &mut self.rng).ok_or_else(Vec::new),
             Compiled::Grid(g) => g.choose(features, &views, &eligible),

@@ -30,14 +30,16 @@ impl Round {
 fn pool(i: usize) -> impl Strategy<Value = PoolFacts> {
     let limits = prop::option::of((prop::option::of(0u64..400), prop::option::of(0u64..40)));
     let context = prop::option::of(1u64..200);
-    (0..3usize, 0u32..3, 0.1f64..10.0, limits, context).prop_map(move |(m, priority, weight, limits, max_input_tokens)| PoolFacts {
-        name: format!("p{i}"),
-        model: MODELS[m].map(Into::into),
-        priority,
-        weight,
-        limits: limits.map(|(p, d)| PoolLimits { max_potential_prefill_tokens: p, max_potential_decode_blocks: d }),
-        max_input_tokens,
-    })
+    (0..3usize, 0u32..3, 0.1f64..10.0, limits, context).prop_map(
+        move |(m, priority, weight, limits, max_input_tokens)| PoolFacts {
+            name: format!("p{i}"),
+            model: MODELS[m].map(Into::into),
+            priority,
+            weight,
+            limits: limits.map(|(p, d)| PoolLimits { max_potential_prefill_tokens: p, max_potential_decode_blocks: d }),
+            max_input_tokens,
+        },
+    )
 }
 
 fn pools() -> impl Strategy<Value = Vec<PoolFacts>> {
@@ -119,7 +121,9 @@ fn selector(pools: &[PoolFacts], policy: &Policy, seed: u64) -> Selector<SmallRn
 /// The prompt length the selector goes by: (kv_overlap) the probes', else the request's count.
 fn input_tokens(policy: &Policy, r: &Round) -> Option<u64> {
     let probed = match policy {
-        Policy::KvOverlap(c) => r.probes.iter().flatten().map(|p| u64::from(p.request_blocks) * u64::from(c.block_size)).max(),
+        Policy::KvOverlap(c) => {
+            r.probes.iter().flatten().map(|p| u64::from(p.request_blocks) * u64::from(c.block_size)).max()
+        }
         _ => None,
     };
     probed.or((r.features.isl_tokens > 0).then_some(r.features.isl_tokens))

@@ -71,7 +71,8 @@ mod tests {
     #[test]
     fn without_fields_takes_out_only_those_fields() {
         let body = br#"{"model": "m", "prompt": [1, 2], "kvroute": {"priority": 3}, "router_config_override": {}, "max_tokens": 4}"#;
-        let kept: serde_json::Value = serde_json::from_slice(&without_fields(body, &["kvroute", "router_config_override"]).unwrap()).unwrap();
+        let kept: serde_json::Value =
+            serde_json::from_slice(&without_fields(body, &["kvroute", "router_config_override"]).unwrap()).unwrap();
         assert_eq!(kept, serde_json::json!({"model": "m", "prompt": [1, 2], "max_tokens": 4}));
         assert!(without_fields(b"[1, 2]", &["kvroute"]).is_err());
     }
@@ -89,7 +90,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(q.messages.unwrap().len(), 1);
-        let q: RouteQuery = serde_json::from_str(r#"{"token_ids": [1, 2], "request_id": "r", "router_config_override": {"router_temperature": 0.5}}"#).unwrap();
+        let q: RouteQuery = serde_json::from_str(
+            r#"{"token_ids": [1, 2], "request_id": "r", "router_config_override": {"router_temperature": 0.5}}"#,
+        )
+        .unwrap();
         assert_eq!(q.token_ids, Some(vec![1, 2]));
         assert_eq!(q.request_id.as_deref(), Some("r"));
         assert!(q.router_config_override.is_some());

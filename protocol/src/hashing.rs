@@ -142,9 +142,7 @@ mod tests {
         // Dynamo's formula: the salt term uses seed 1, so a name means something else as a salt.
         assert_ne!(HashSeed::for_request(Some("x"), None), HashSeed::for_request(None, Some("x")));
         let both = HashSeed::for_request(Some("a"), Some("b")).0;
-        let expected = DEFAULT_SEED
-            .wrapping_add(xxh3_64_with_seed(b"a", 0))
-            .wrapping_add(xxh3_64_with_seed(b"b", 1));
+        let expected = DEFAULT_SEED.wrapping_add(xxh3_64_with_seed(b"a", 0)).wrapping_add(xxh3_64_with_seed(b"b", 1));
         assert_eq!(both, expected);
     }
 

@@ -112,7 +112,9 @@ impl MessageContent {
     pub fn text_len(&self) -> usize {
         match self {
             MessageContent::Text(text) => text.len(),
-            MessageContent::Parts(parts) => parts.iter().map(|p| if let ContentPart::Text { text } = p { text.len() } else { 0 }).sum(),
+            MessageContent::Parts(parts) => {
+                parts.iter().map(|p| if let ContentPart::Text { text } = p { text.len() } else { 0 }).sum()
+            }
         }
     }
 
@@ -225,7 +227,9 @@ pub struct ErrorDetail {
 impl ErrorBody {
     /// An error of `kind` (e.g. `invalid_request_error`) with the HTTP status as its code.
     pub fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { message: message.into(), kind: kind.to_owned(), param: None, code: Some(status) } }
+        ErrorBody {
+            error: ErrorDetail { message: message.into(), kind: kind.to_owned(), param: None, code: Some(status) },
+        }
     }
 }
 
@@ -235,15 +239,23 @@ mod tests {
 
     #[test]
     fn prompts_parse_as_text_or_token_ids() {
-        let text: CompletionRequest = serde_json::from_str(r#"{"prompt": "hi", "max_tokens": 3, "stream": true}"#).unwrap();
+        let text: CompletionRequest =
+            serde_json::from_str(r#"{"prompt": "hi", "max_tokens": 3, "stream": true}"#).unwrap();
         assert_eq!(text.prompt, Prompt::Text("hi".into()));
         assert_eq!(text.sampling.max_tokens(), Some(3));
         assert!(text.sampling.stream);
-        let ids: CompletionRequest = serde_json::from_str(r#"{"model": "m", "prompt": [1, 2, 3], "extra": {"x": 1}}"#).unwrap();
+        let ids: CompletionRequest =
+            serde_json::from_str(r#"{"model": "m", "prompt": [1, 2, 3], "extra": {"x": 1}}"#).unwrap();
         assert_eq!(ids.prompt, Prompt::Tokens(vec![1, 2, 3]));
-        for bad in [r#"{"prompt": [-1]}"#, r#"{"prompt": [4294967296]}"#, r#"{"prompt": [[1], [2]]}"#, r#"{"prompt": 7}"#] {
+        for bad in
+            [r#"{"prompt": [-1]}"#, r#"{"prompt": [4294967296]}"#, r#"{"prompt": [[1], [2]]}"#, r#"{"prompt": 7}"#]
+        {
             let err = serde_json::from_str::<CompletionRequest>(bad).unwrap_err().to_string();
-            assert!(err.contains("expected a token id (an integer from 0 to 4294967295)") || err.contains("expected a string or an array of token ids"), "{bad}: {err}");
+            assert!(
+                err.contains("expected a token id (an integer from 0 to 4294967295)")
+                    || err.contains("expected a string or an array of token ids"),
+                "{bad}: {err}"
+            );
         }
         assert!(serde_json::from_str::<CompletionRequest>(r#"{"prompt": [1, -2]}"#).is_err());
         assert!(serde_json::from_str::<CompletionRequest>(r#"{"max_tokens": 3}"#).is_err());
@@ -269,6 +281,9 @@ mod tests {
     #[test]
     fn error_body_has_openais_shape() {
         let v = serde_json::to_value(ErrorBody::new(400, "invalid_request_error", "bad")).unwrap();
-        assert_eq!(v, serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error", "param": null, "code": 400}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error", "param": null, "code": 400}})
+        );
     }
 }

@@ -57,7 +57,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         let t = &s.ttft_ms;
         println!(
             "{spec:<20} reuse {:.4}  TTFT mean {:6.1}  p50 {:6.1}  p90 {:6.1}  p99 {:7.1}  latency {:7.1}  ({:.1?})",
-            s.prefix_reuse_ratio, t.mean, t.p50, t.p90, t.p99, s.e2e_ms.mean, started.elapsed()
+            s.prefix_reuse_ratio,
+            t.mean,
+            t.p50,
+            t.p90,
+            t.p99,
+            s.e2e_ms.mean,
+            started.elapsed()
         );
     }
     Ok(())

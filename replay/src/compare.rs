@@ -70,7 +70,10 @@ pub fn standard_settings(base: &ReplayConfig) -> Vec<Setting> {
                 name: format!("2×{half} pools: grid by prompt length (≥ {GRID_SPLIT_TOKENS} → pool 1)"),
                 config: pools(Policy::Grid(Box::new(length_grid()))),
             },
-            Setting { name: format!("2×{half} pools: by KV overlap (global router)"), config: pools(Policy::KvOverlap(overlap)) },
+            Setting {
+                name: format!("2×{half} pools: by KV overlap (global router)"),
+                config: pools(Policy::KvOverlap(overlap)),
+            },
         ]);
     }
     settings
@@ -129,7 +132,8 @@ pub fn compare(
     let mut rows = Vec::new();
     for s in settings {
         progress(&s.name);
-        let outcome = run(&s.config, requests).map_err(|source| CompareError::Replay { setting: s.name.clone(), source })?;
+        let outcome =
+            run(&s.config, requests).map_err(|source| CompareError::Replay { setting: s.name.clone(), source })?;
         rows.push(Row {
             name: s.name.clone(),
             summary: Summary::of(&outcome.records),
@@ -181,9 +185,11 @@ impl Comparison {
     /// per setting.
     pub fn charts(&self) -> Result<Vec<(&'static str, String)>, PlotError> {
         let series: Vec<Series<'_>> = self.rows.iter().map(|r| Series { name: &r.name, values: &r.ttft_ms }).collect();
-        let floor_ttfts: Vec<f64> = self.floors.last().map(|(_, f)| f.records.iter().map(|r| r.ttft_ms).collect()).unwrap_or_default();
+        let floor_ttfts: Vec<f64> =
+            self.floors.last().map(|(_, f)| f.records.iter().map(|r| r.ttft_ms).collect()).unwrap_or_default();
         let floor = self.floors.last().map(|(name, _)| Series { name, values: &floor_ttfts });
-        let reuse: Vec<(&str, f64)> = self.rows.iter().map(|r| (r.name.as_str(), r.summary.prefix_reuse_ratio)).collect();
+        let reuse: Vec<(&str, f64)> =
+            self.rows.iter().map(|r| (r.name.as_str(), r.summary.prefix_reuse_ratio)).collect();
         let mean: Vec<(&str, f64)> = self.rows.iter().map(|r| (r.name.as_str(), r.summary.ttft_ms.mean)).collect();
         Ok(vec![
             ("ttft-cdf.svg", ttft_cdf_svg(&series, floor)?),
@@ -236,7 +242,8 @@ mod tests {
 
     #[test]
     fn an_odd_worker_count_has_no_pooled_rows() {
-        let names: Vec<String> = standard_settings(&ReplayConfig::dynamo_defaults(3, RouterMode::Kv)).into_iter().map(|s| s.name).collect();
+        let names: Vec<String> =
+            standard_settings(&ReplayConfig::dynamo_defaults(3, RouterMode::Kv)).into_iter().map(|s| s.name).collect();
         assert_eq!(names.len(), 6);
         assert!(names.iter().all(|n| !n.contains("pools")));
     }

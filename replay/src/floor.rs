@@ -53,9 +53,7 @@ pub enum FloorCache {
 impl FloorCache {
     /// A shared LRU cache as large as `workers` engines with `engine`'s cache each.
     pub fn cluster(workers: usize, engine: &EngineConfig) -> Self {
-        FloorCache::SharedLru {
-            blocks: workers * engine.num_gpu_blocks,
-        }
+        FloorCache::SharedLru { blocks: workers * engine.num_gpu_blocks }
     }
 }
 
@@ -72,11 +70,7 @@ pub enum FloorError {
         "request {request}: {uncached} uncached prompt tokens exceed max_num_batched_tokens \
          {budget} and chunked prefill is off, so the engine would never admit it"
     )]
-    Unschedulable {
-        request: usize,
-        uncached: usize,
-        budget: usize,
-    },
+    Unschedulable { request: usize, uncached: usize, budget: usize },
 }
 
 /// One request's floor.
@@ -114,7 +108,9 @@ pub fn ttft_floor(
     engine.validate()?;
     let mut blocks = match cache {
         FloorCache::Infinite => BlockCache::Infinite(HashSet::new()),
-        FloorCache::SharedLru { blocks } => BlockCache::Lru(LruCache::new(NonZeroUsize::new(blocks).ok_or(FloorError::EmptyCache)?)),
+        FloorCache::SharedLru { blocks } => {
+            BlockCache::Lru(LruCache::new(NonZeroUsize::new(blocks).ok_or(FloorError::EmptyCache)?))
+        }
     };
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by(|&a, &b| requests[a].arrival_ms.total_cmp(&requests[b].arrival_ms));
@@ -125,17 +121,12 @@ pub fn ttft_floor(
         let request = &requests[i];
         let len = request.prompt.len();
         if len == 0 {
-            return Err(FloorError::EmptyPrompt {
-                request: request.index,
-            });
+            return Err(FloorError::EmptyPrompt { request: request.index });
         }
         let hashes = sequence_hashes(&block_hashes(&request.prompt, bs, HashSeed::default()));
         let cached_blocks = if engine.enable_prefix_caching {
             let cap = ((len - 1) / bs).min(hashes.len());
-            hashes[..cap]
-                .iter()
-                .take_while(|h| blocks.contains(**h))
-                .count()
+            hashes[..cap].iter().take_while(|h| blocks.contains(**h)).count()
         } else {
             0
         };
@@ -158,21 +149,14 @@ pub fn ttft_floor(
             ttft_ms: prefill_alone_ms(uncached, engine),
         });
     }
-    let records: Vec<FloorRecord> = records
-        .into_iter()
-        .map(|r| r.expect("every request is visited once"))
-        .collect();
+    let records: Vec<FloorRecord> = records.into_iter().map(|r| r.expect("every request is visited once")).collect();
 
     let input: usize = records.iter().map(|r| r.input_length).sum();
     let cached: usize = records.iter().map(|r| r.cached_tokens).sum();
     Ok(TtftFloor {
         cache,
         ttft_ms: Latency::of(records.iter().map(|r| r.ttft_ms).collect()),
-        prefix_reuse_ratio: if input > 0 {
-            cached as f64 / input as f64
-        } else {
-            0.0
-        },
+        prefix_reuse_ratio: if input > 0 { cached as f64 / input as f64 } else { 0.0 },
         records,
     })
 }
@@ -220,20 +204,11 @@ mod tests {
 
     /// Block size 4 and at most 8 tokens per pass: small enough to compute by hand.
     fn tiny_engine() -> EngineConfig {
-        EngineConfig {
-            block_size: 4,
-            max_num_batched_tokens: 8,
-            ..EngineConfig::default()
-        }
+        EngineConfig { block_size: 4, max_num_batched_tokens: 8, ..EngineConfig::default() }
     }
 
     fn request(index: usize, arrival_ms: f64, prompt: Vec<u32>) -> ReplayRequest {
-        ReplayRequest {
-            index,
-            arrival_ms,
-            prompt,
-            output_length: 1,
-        }
+        ReplayRequest { index, arrival_ms, prompt, output_length: 1 }
     }
 
     /// Prefill time of one pass of `t` tokens, evaluated by hand from the polynomial
@@ -277,10 +252,7 @@ mod tests {
         }
         assert_eq!(floor.records[0].prefill_passes, 2);
         assert!(close(floor.prefix_reuse_ratio, 12.0 / 35.0));
-        assert!(close(
-            floor.ttft_ms.mean,
-            (2.0 * (PASS_8 + PASS_1) + PASS_1 + PASS_4) / 4.0
-        ));
+        assert!(close(floor.ttft_ms.mean, (2.0 * (PASS_8 + PASS_1) + PASS_1 + PASS_4) / 4.0));
         assert_eq!(floor.ttft_ms.max, PASS_8 + PASS_1);
     }
 
@@ -309,21 +281,13 @@ mod tests {
     fn large_lru_matches_the_infinite_cache() {
         let trace = tiny_trace();
         let infinite = ttft_floor(&trace, &tiny_engine(), FloorCache::Infinite).unwrap();
-        let lru = ttft_floor(
-            &trace,
-            &tiny_engine(),
-            FloorCache::SharedLru { blocks: 100 },
-        )
-        .unwrap();
+        let lru = ttft_floor(&trace, &tiny_engine(), FloorCache::SharedLru { blocks: 100 }).unwrap();
         assert_eq!(infinite.records, lru.records);
     }
 
     #[test]
     fn prefix_caching_off_caches_nothing() {
-        let engine = EngineConfig {
-            enable_prefix_caching: false,
-            ..tiny_engine()
-        };
+        let engine = EngineConfig { enable_prefix_caching: false, ..tiny_engine() };
         let floor = ttft_floor(&tiny_trace(), &engine, FloorCache::Infinite).unwrap();
         assert_eq!(cached(&floor), [0, 0, 0, 0]);
         assert_eq!(floor.prefix_reuse_ratio, 0.0);
@@ -336,10 +300,7 @@ mod tests {
         assert_eq!(prefill_alone_ms(0, &engine), 0.0);
         assert!(close(prefill_alone_ms(8192, &engine), pass(8192)));
         assert!(close(prefill_alone_ms(8193, &engine), pass(8192) + pass(1)));
-        assert!(close(
-            prefill_alone_ms(20_000, &engine),
-            2.0 * pass(8192) + pass(3616)
-        ));
+        assert!(close(prefill_alone_ms(20_000, &engine), 2.0 * pass(8192) + pass(3616)));
         // By hand: 9 tokens at 8 a pass are a pass of 8 and a pass of 1.
         assert!(close(prefill_alone_ms(9, &tiny_engine()), PASS_8 + PASS_1));
     }
@@ -379,37 +340,21 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         let trace = tiny_trace();
-        let zero_block = EngineConfig {
-            block_size: 0,
-            ..tiny_engine()
-        };
-        assert!(matches!(
-            ttft_floor(&trace, &zero_block, FloorCache::Infinite),
-            Err(FloorError::Engine(_))
-        ));
+        let zero_block = EngineConfig { block_size: 0, ..tiny_engine() };
+        assert!(matches!(ttft_floor(&trace, &zero_block, FloorCache::Infinite), Err(FloorError::Engine(_))));
         assert_eq!(
             ttft_floor(&trace, &tiny_engine(), FloorCache::SharedLru { blocks: 0 }),
             Err(FloorError::EmptyCache)
         );
-        let unchunked = EngineConfig {
-            enable_chunked_prefill: false,
-            ..tiny_engine()
-        };
+        let unchunked = EngineConfig { enable_chunked_prefill: false, ..tiny_engine() };
         assert_eq!(
             ttft_floor(&trace, &unchunked, FloorCache::Infinite),
-            Err(FloorError::Unschedulable {
-                request: 0,
-                uncached: 9,
-                budget: 8
-            })
+            Err(FloorError::Unschedulable { request: 0, uncached: 9, budget: 8 })
         );
     }
 
     #[test]
     fn cluster_cache_is_workers_times_engine_blocks() {
-        assert_eq!(
-            FloorCache::cluster(8, &EngineConfig::default()),
-            FloorCache::SharedLru { blocks: 131_072 }
-        );
+        assert_eq!(FloorCache::cluster(8, &EngineConfig::default()), FloorCache::SharedLru { blocks: 131_072 });
     }
 }

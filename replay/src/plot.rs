@@ -82,21 +82,12 @@ pub fn ttft_cdf_svg(series: &[Series<'_>], floor: Option<Series<'_>>) -> Result<
     let all: Vec<Series<'_>> = series.iter().copied().chain(floor).collect();
     for s in &all {
         if let Some(&value) = s.values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-            return Err(PlotError::NotPositive {
-                series: s.name.to_owned(),
-                value,
-            });
+            return Err(PlotError::NotPositive { series: s.name.to_owned(), value });
         }
     }
     let values = all.iter().flat_map(|s| s.values.iter().copied());
-    let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (lo / 1.25, hi * 1.25)
-    } else {
-        (1.0, 10.0)
-    };
+    let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo / 1.25, hi * 1.25) } else { (1.0, 10.0) };
 
     let mut svg = String::new();
     {
@@ -107,10 +98,7 @@ pub fn ttft_cdf_svg(series: &[Series<'_>], floor: Option<Series<'_>>) -> Result<
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(56)
-            .build_cartesian_2d(
-                (lo..hi).log_scale().with_key_points(one_two_five(lo, hi)),
-                0.0..1.0,
-            )
+            .build_cartesian_2d((lo..hi).log_scale().with_key_points(one_two_five(lo, hi)), 0.0..1.0)
             .map_err(draw)?;
         chart
             .configure_mesh()
@@ -150,10 +138,7 @@ pub fn ttft_cdf_svg(series: &[Series<'_>], floor: Option<Series<'_>>) -> Result<
 /// labelled `unit` and starting at 0 (horizontal so that long setting names stay readable).
 pub fn bars_svg(title: &str, unit: &str, bars: &[(&str, f64)]) -> Result<String, PlotError> {
     if let Some(&(name, value)) = bars.iter().find(|b| !(b.1.is_finite() && b.1 >= 0.0)) {
-        return Err(PlotError::BadBar {
-            name: name.to_owned(),
-            value,
-        });
+        return Err(PlotError::BadBar { name: name.to_owned(), value });
     }
     let top = bars.iter().map(|b| b.1).fold(0.0, f64::max);
     let top = if top > 0.0 { top * 1.15 } else { 1.0 };
@@ -226,10 +211,7 @@ fn draw_bars(
 fn one_two_five(lo: f64, hi: f64) -> Vec<f64> {
     let first = lo.log10().floor() as i32;
     let last = hi.log10().ceil() as i32;
-    (first..=last)
-        .flat_map(|d| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(d)))
-        .filter(|v| (lo..=hi).contains(v))
-        .collect()
+    (first..=last).flat_map(|d| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(d))).filter(|v| (lo..=hi).contains(v)).collect()
 }
 
 /// An axis label: at most three decimals, without trailing zeros (20, 0.35, 1000).
@@ -274,9 +256,7 @@ mod tests {
     #[test]
     fn cdf_points_rise_to_one_in_both_coordinates() {
         // 1..=10,000 in a scrambled order.
-        let values: Vec<f64> = (0..10_000u32)
-            .map(|i| f64::from((i * 7_919) % 10_000 + 1))
-            .collect();
+        let values: Vec<f64> = (0..10_000u32).map(|i| f64::from((i * 7_919) % 10_000 + 1)).collect();
         let points = cdf_points(&values, MAX_CDF_POINTS);
         assert_eq!(points.len(), MAX_CDF_POINTS);
         for w in points.windows(2) {
@@ -289,10 +269,7 @@ mod tests {
 
     #[test]
     fn cdf_of_few_values_keeps_every_value() {
-        assert_eq!(
-            cdf_points(&[3.0, 1.0, 2.0], 512),
-            [(1.0, 1.0 / 3.0), (2.0, 2.0 / 3.0), (3.0, 1.0)]
-        );
+        assert_eq!(cdf_points(&[3.0, 1.0, 2.0], 512), [(1.0, 1.0 / 3.0), (2.0, 2.0 / 3.0), (3.0, 1.0)]);
         assert_eq!(cdf_points(&[5.0], 512), [(5.0, 1.0)]);
         assert!(cdf_points(&[], 512).is_empty());
     }
@@ -302,38 +279,15 @@ mod tests {
         let a: Vec<f64> = (1..=300).map(f64::from).collect();
         let b: Vec<f64> = (1..=300).map(|v| f64::from(v) * 2.0).collect();
         let floor: Vec<f64> = (1..=300).map(|v| f64::from(v) * 0.5).collect();
-        let series = [
-            Series {
-                name: "kv",
-                values: &a,
-            },
-            Series {
-                name: "round_robin",
-                values: &b,
-            },
-        ];
-        let svg = ttft_cdf_svg(
-            &series,
-            Some(Series {
-                name: "floor (infinite cache)",
-                values: &floor,
-            }),
-        )
-        .unwrap();
+        let series = [Series { name: "kv", values: &a }, Series { name: "round_robin", values: &b }];
+        let svg = ttft_cdf_svg(&series, Some(Series { name: "floor (infinite cache)", values: &floor })).unwrap();
         is_svg_document(&svg);
-        for (name, colour) in [
-            ("kv", COLOURS[0]),
-            ("round_robin", COLOURS[1]),
-            ("floor (infinite cache)", FLOOR_COLOUR),
-        ] {
-            assert!(
-                svg.contains(&format!(">\n{name}\n</text>")),
-                "legend lacks {name}"
-            );
+        for (name, colour) in
+            [("kv", COLOURS[0]), ("round_robin", COLOURS[1]), ("floor (infinite cache)", FLOOR_COLOUR)]
+        {
+            assert!(svg.contains(&format!(">\n{name}\n</text>")), "legend lacks {name}");
             // The line itself and its legend sample.
-            let lines = svg
-                .lines()
-                .filter(|l| l.starts_with("<polyline") && l.contains(&stroke(colour)));
+            let lines = svg.lines().filter(|l| l.starts_with("<polyline") && l.contains(&stroke(colour)));
             assert_eq!(lines.count(), 2, "{name}");
         }
         assert!(svg.contains("TTFT (ms, log scale)"));
@@ -342,59 +296,28 @@ mod tests {
     #[test]
     fn names_are_escaped_for_xml() {
         let v = [10.0, 20.0];
-        let svg = ttft_cdf_svg(
-            &[Series {
-                name: "kv<temp & \"0.5\">",
-                values: &v,
-            }],
-            None,
-        )
-        .unwrap();
+        let svg = ttft_cdf_svg(&[Series { name: "kv<temp & \"0.5\">", values: &v }], None).unwrap();
         assert!(svg.contains("kv&lt;temp &amp; &quot;0.5&quot;&gt;"));
         assert!(!svg.contains("kv<temp"));
         let svg = bars_svg("a < b", "ms & more", &[("x&y", 1.0)]).unwrap();
-        assert!(
-            svg.contains("a &lt; b") && svg.contains("ms &amp; more") && svg.contains("x&amp;y")
-        );
+        assert!(svg.contains("a &lt; b") && svg.contains("ms &amp; more") && svg.contains("x&amp;y"));
     }
 
     #[test]
     fn log_axis_refuses_values_it_cannot_place() {
         let v = [10.0, 0.0];
         assert_eq!(
-            ttft_cdf_svg(
-                &[Series {
-                    name: "kv",
-                    values: &v
-                }],
-                None
-            ),
-            Err(PlotError::NotPositive {
-                series: "kv".into(),
-                value: 0.0
-            })
+            ttft_cdf_svg(&[Series { name: "kv", values: &v }], None),
+            Err(PlotError::NotPositive { series: "kv".into(), value: 0.0 })
         );
         let nan = [f64::NAN];
-        let floor = Some(Series {
-            name: "floor",
-            values: &nan,
-        });
-        assert!(matches!(
-            ttft_cdf_svg(&[], floor),
-            Err(PlotError::NotPositive { .. })
-        ));
+        let floor = Some(Series { name: "floor", values: &nan });
+        assert!(matches!(ttft_cdf_svg(&[], floor), Err(PlotError::NotPositive { .. })));
     }
 
     #[test]
     fn empty_series_still_draw_a_chart() {
-        let svg = ttft_cdf_svg(
-            &[Series {
-                name: "none",
-                values: &[],
-            }],
-            None,
-        )
-        .unwrap();
+        let svg = ttft_cdf_svg(&[Series { name: "none", values: &[] }], None).unwrap();
         is_svg_document(&svg);
         is_svg_document(&bars_svg("nothing", "ms", &[]).unwrap());
     }
@@ -407,53 +330,29 @@ mod tests {
         for (i, (name, value)) in bars.iter().enumerate() {
             let c = COLOURS[i];
             let fill = format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
-            assert_eq!(
-                svg.lines()
-                    .filter(|l| l.starts_with("<rect") && l.contains(&fill))
-                    .count(),
-                1,
-                "{name}"
-            );
+            assert_eq!(svg.lines().filter(|l| l.starts_with("<rect") && l.contains(&fill)).count(), 1, "{name}");
             assert!(svg.contains(&format!(">\n{name}\n</text>")), "{name}");
-            assert!(
-                svg.contains(&format!(">\n{}\n</text>", format_number(*value))),
-                "{value}"
-            );
+            assert!(svg.contains(&format!(">\n{}\n</text>", format_number(*value))), "{value}");
         }
         assert!(svg.contains("prefix reuse") && svg.contains("ratio"));
     }
 
     #[test]
     fn bars_refuse_negative_and_non_finite_values() {
-        assert_eq!(
-            bars_svg("t", "ms", &[("kv", -1.0)]),
-            Err(PlotError::BadBar {
-                name: "kv".into(),
-                value: -1.0
-            })
-        );
+        assert_eq!(bars_svg("t", "ms", &[("kv", -1.0)]), Err(PlotError::BadBar { name: "kv".into(), value: -1.0 }));
         assert!(bars_svg("t", "ms", &[("kv", f64::INFINITY)]).is_err());
     }
 
     #[test]
     fn the_same_input_gives_the_same_bytes() {
         let v = [12.0, 40.0, 95.0, 1_300.0];
-        let series = [Series {
-            name: "kv",
-            values: &v,
-        }];
-        assert_eq!(
-            ttft_cdf_svg(&series, None).unwrap(),
-            ttft_cdf_svg(&series, None).unwrap()
-        );
+        let series = [Series { name: "kv", values: &v }];
+        assert_eq!(ttft_cdf_svg(&series, None).unwrap(), ttft_cdf_svg(&series, None).unwrap());
     }
 
     #[test]
     fn log_axis_is_labelled_at_one_two_five() {
-        assert_eq!(
-            one_two_five(13.0, 3_250.0),
-            [20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0]
-        );
+        assert_eq!(one_two_five(13.0, 3_250.0), [20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0]);
         assert_eq!(one_two_five(1.0, 10.0), [1.0, 2.0, 5.0, 10.0]);
     }
 

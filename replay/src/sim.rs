@@ -15,16 +15,18 @@
 //! Nothing here reads a clock or an unseeded RNG: the same inputs and seed give the same
 //! records.
 
-use kvroute_kv_router::router::{BlockedRequest, RouteError, RouteOptions};
-use kvroute_pool_select::{ConfigError as PoolConfigError, PoolFacts, PoolState, RequestFeatures, SelectConfig, SelectError, Selector};
-use kvroute_kv_router::select::ConfigError as RouterConfigError;
 use kvroute_kv_router::replicas::ReplicaLoads;
+use kvroute_kv_router::router::{BlockedRequest, RouteError, RouteOptions};
+use kvroute_kv_router::select::ConfigError as RouterConfigError;
 use kvroute_kv_router::{KvRouter, KvRouterConfig};
 use kvroute_mocker::block_pool::CacheEvent;
 use kvroute_mocker::config::ConfigError as EngineConfigError;
 use kvroute_mocker::engine::RejectError;
 use kvroute_mocker::server::http_push::to_router_events;
 use kvroute_mocker::{Engine, EngineConfig, EngineRequest, OutputIds, Pass};
+use kvroute_pool_select::{
+    ConfigError as PoolConfigError, PoolFacts, PoolState, RequestFeatures, SelectConfig, SelectError, Selector,
+};
 use kvroute_protocol::{HashSeed, Worker};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -77,15 +79,7 @@ impl ReplayConfig {
             cost_model: kvroute_kv_router::select::CostModel::Blocks,
             ..KvRouterConfig::default()
         };
-        ReplayConfig {
-            workers,
-            engine,
-            router,
-            seed: 0,
-            pools: None,
-            router_replicas: 1,
-            replica_sync: true,
-        }
+        ReplayConfig { workers, engine, router, seed: 0, pools: None, router_replicas: 1, replica_sync: true }
     }
 }
 
@@ -182,10 +176,7 @@ struct WorkerState {
 }
 
 /// Replay `requests` (sorted by arrival, as [`crate::trace::expand`] returns them).
-pub fn run(
-    config: &ReplayConfig,
-    requests: &[ReplayRequest],
-) -> Result<ReplayOutcome, ReplayError> {
+pub fn run(config: &ReplayConfig, requests: &[ReplayRequest]) -> Result<ReplayOutcome, ReplayError> {
     Simulation::new(config)?.run(requests)
 }
 
@@ -283,11 +274,7 @@ impl Simulation {
                 for router in &mut groups[pool_of[w]].replicas {
                     router.add_worker(worker_of(w));
                 }
-                WorkerState {
-                    engine: Engine::new(config.engine.clone()),
-                    busy: None,
-                    next_event_id: 0,
-                }
+                WorkerState { engine: Engine::new(config.engine.clone()), busy: None, next_event_id: 0 }
             })
             .collect();
         Ok(Simulation {
@@ -310,11 +297,7 @@ impl Simulation {
         self.replica_of = vec![0; requests.len()];
         let mut next = 0;
         loop {
-            let next_pass = self
-                .workers
-                .iter()
-                .filter_map(|w| w.busy.as_ref().map(|b| b.0))
-                .min_by(f64::total_cmp);
+            let next_pass = self.workers.iter().filter_map(|w| w.busy.as_ref().map(|b| b.0)).min_by(f64::total_cmp);
             let next_arrival = order.get(next).map(|&i| requests[i].arrival_ms);
             let now = match (next_pass, next_arrival) {
                 (None, None) => break,
@@ -354,12 +337,9 @@ impl Simulation {
                     return Err(ReplayError::Stuck { worker: w });
                 }
                 for a in &pass.admitted {
-                    let r = records[a.request as usize]
-                        .as_mut()
-                        .expect("admitted requests were routed");
+                    let r = records[a.request as usize].as_mut().expect("admitted requests were routed");
                     r.cached_tokens = r.cached_tokens.max(a.cached_tokens);
-                    r.first_admission_cached_tokens
-                        .get_or_insert(a.cached_tokens);
+                    r.first_admission_cached_tokens.get_or_insert(a.cached_tokens);
                 }
                 for &p in &pass.preempted {
                     if let Some(r) = records[p as usize].as_mut() {
@@ -369,14 +349,8 @@ impl Simulation {
                 state.busy = Some((now + pass.duration_ms, pass));
             }
         }
-        let records = records
-            .into_iter()
-            .map(|r| r.expect("every request arrived"))
-            .collect();
-        Ok(ReplayOutcome {
-            records,
-            stats: self.stats,
-        })
+        let records = records.into_iter().map(|r| r.expect("every request arrived")).collect();
+        Ok(ReplayOutcome { records, stats: self.stats })
     }
 
     /// A pass ended: its KV events reach the router, then its tokens count.
@@ -391,9 +365,7 @@ impl Simulation {
         for t in &pass.tokens {
             let id = t.request as usize;
             let key = id.to_string();
-            let r = records[id]
-                .as_mut()
-                .expect("a request with tokens was routed");
+            let r = records[id].as_mut().expect("a request with tokens was routed");
             let bookkeeping = |e: kvroute_kv_router::load::LoadError| ReplayError::Bookkeeping {
                 request: id,
                 message: e.to_string(),
@@ -444,7 +416,8 @@ impl Simulation {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| ReplayError::Route { request: i, source })?;
         let probes: Vec<_> = probes.iter().map(Some).collect();
-        let states: Vec<PoolState> = self.in_flight.iter().map(|&in_flight| PoolState { healthy: true, in_flight }).collect();
+        let states: Vec<PoolState> =
+            self.in_flight.iter().map(|&in_flight| PoolState { healthy: true, in_flight }).collect();
         let features = RequestFeatures { isl_tokens: blocked.isl_tokens, ..RequestFeatures::default() };
         let decision = selector
             .decide(&features, &states, &probes)
@@ -454,17 +427,10 @@ impl Simulation {
 
     /// Route an arriving request and queue it on the chosen engine.
     fn route(&mut self, i: usize, request: &ReplayRequest) -> Result<RequestRecord, ReplayError> {
-        let blocked = BlockedRequest::from_tokens(
-            &request.prompt,
-            self.router_block_size,
-            HashSeed::default(),
-        );
+        let blocked = BlockedRequest::from_tokens(&request.prompt, self.router_block_size, HashSeed::default());
         let pool = self.choose_pool(i, &blocked)?;
         let key = i.to_string();
-        let options = RouteOptions {
-            request_id: Some(&key),
-            ..RouteOptions::default()
-        };
+        let options = RouteOptions { request_id: Some(&key), ..RouteOptions::default() };
         let group = &mut self.groups[pool];
         let replica = group.next;
         group.next = (replica + 1) % group.replicas.len();
@@ -504,10 +470,7 @@ impl Simulation {
             self.groups[pool].share(replica);
             self.in_flight[pool] -= 1;
             if matches!(e, RejectError::Duplicate(_)) {
-                return Err(ReplayError::Bookkeeping {
-                    request: i,
-                    message: e.to_string(),
-                });
+                return Err(ReplayError::Bookkeeping { request: i, message: e.to_string() });
             }
         }
         Ok(record)

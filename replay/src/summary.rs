@@ -65,19 +65,10 @@ impl Summary {
         let done: Vec<&RequestRecord> = records.iter().filter(|r| r.finish_ms.is_some()).collect();
         let input: usize = done.iter().map(|r| r.input_length).sum();
         let cached: usize = done.iter().map(|r| r.cached_tokens).sum();
-        let first_cached: usize = done
-            .iter()
-            .map(|r| r.first_admission_cached_tokens.unwrap_or(0))
-            .sum();
+        let first_cached: usize = done.iter().map(|r| r.first_admission_cached_tokens.unwrap_or(0)).sum();
         let output: usize = done.iter().map(|r| r.output_length).sum();
-        let start = records
-            .iter()
-            .map(|r| r.arrival_ms)
-            .fold(f64::INFINITY, f64::min);
-        let end = done
-            .iter()
-            .filter_map(|r| r.finish_ms)
-            .fold(f64::NEG_INFINITY, f64::max);
+        let start = records.iter().map(|r| r.arrival_ms).fold(f64::INFINITY, f64::min);
+        let end = done.iter().filter_map(|r| r.finish_ms).fold(f64::NEG_INFINITY, f64::max);
         let span_ms = if done.is_empty() { 0.0 } else { end - start };
         let per_s = |n: usize| {
             if span_ms > 0.0 {
@@ -116,17 +107,9 @@ impl fmt::Display for Summary {
             "requests        {:>10}  (completed {}, rejected {}, preempted {})",
             self.requests, self.completed, self.rejected, self.preempted_requests
         )?;
-        writeln!(
-            f,
-            "                {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "mean", "p50", "p90", "p99", "max"
-        )?;
+        writeln!(f, "                {:>10} {:>10} {:>10} {:>10} {:>10}", "mean", "p50", "p90", "p99", "max")?;
         for (name, l) in [("TTFT ms", &self.ttft_ms), ("latency ms", &self.e2e_ms)] {
-            writeln!(
-                f,
-                "{name:<16}{:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
-                l.mean, l.p50, l.p90, l.p99, l.max
-            )?;
+            writeln!(f, "{name:<16}{:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", l.mean, l.p50, l.p90, l.p99, l.max)?;
         }
         writeln!(f, "span            {:>10.1} s", self.span_ms / 1000.0)?;
         writeln!(

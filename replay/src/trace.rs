@@ -34,10 +34,7 @@ pub enum TraceError {
     #[error("reading the trace: {0}")]
     Io(#[from] std::io::Error),
     #[error("trace line {line}: {source}")]
-    Json {
-        line: usize,
-        source: serde_json::Error,
-    },
+    Json { line: usize, source: serde_json::Error },
     #[error("trace line {line}: {problem}")]
     Invalid { line: usize, problem: String },
     #[error("the trace has no requests")]
@@ -72,18 +69,12 @@ pub struct TraceOptions {
 
 impl Default for TraceOptions {
     fn default() -> Self {
-        TraceOptions {
-            max_requests: None,
-            time_scale: 1.0,
-        }
+        TraceOptions { max_requests: None, time_scale: 1.0 }
     }
 }
 
 /// Parse trace lines (blank lines are skipped). Errors name the line.
-pub fn parse_records(
-    reader: impl BufRead,
-    max_requests: Option<usize>,
-) -> Result<Vec<TraceRecord>, TraceError> {
+pub fn parse_records(reader: impl BufRead, max_requests: Option<usize>) -> Result<Vec<TraceRecord>, TraceError> {
     let mut records: Vec<(usize, TraceRecord)> = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         if max_requests.is_some_and(|m| records.len() >= m) {
@@ -94,10 +85,7 @@ pub fn parse_records(
             continue;
         }
         let record: TraceRecord =
-            serde_json::from_str(&line).map_err(|source| TraceError::Json {
-                line: i + 1,
-                source,
-            })?;
+            serde_json::from_str(&line).map_err(|source| TraceError::Json { line: i + 1, source })?;
         records.push((i + 1, record));
     }
     validate(&records)?;
@@ -106,10 +94,7 @@ pub fn parse_records(
 
 fn validate(records: &[(usize, TraceRecord)]) -> Result<(), TraceError> {
     for (line, r) in records {
-        let invalid = |problem: String| TraceError::Invalid {
-            line: *line,
-            problem,
-        };
+        let invalid = |problem: String| TraceError::Invalid { line: *line, problem };
         if r.input_length == 0 {
             return Err(invalid("input_length must be > 0".into()));
         }
@@ -129,19 +114,13 @@ fn validate(records: &[(usize, TraceRecord)]) -> Result<(), TraceError> {
 }
 
 /// Read a trace file (see [`parse_records`]).
-pub fn load_records(
-    path: &Path,
-    max_requests: Option<usize>,
-) -> Result<Vec<TraceRecord>, TraceError> {
+pub fn load_records(path: &Path, max_requests: Option<usize>) -> Result<Vec<TraceRecord>, TraceError> {
     let file = std::fs::File::open(path)?;
     parse_records(std::io::BufReader::new(file), max_requests)
 }
 
 /// Expand records into requests sorted by arrival (stable: file order among equal timestamps).
-pub fn expand(
-    records: &[TraceRecord],
-    options: &TraceOptions,
-) -> Result<Vec<ReplayRequest>, TraceError> {
+pub fn expand(records: &[TraceRecord], options: &TraceOptions) -> Result<Vec<ReplayRequest>, TraceError> {
     if !(options.time_scale.is_finite() && options.time_scale > 0.0) {
         return Err(TraceError::Invalid {
             line: 0,
@@ -152,11 +131,7 @@ pub fn expand(
         Some(m) => &records[..m.min(records.len())],
         None => records,
     };
-    let first = records
-        .iter()
-        .map(|r| r.timestamp)
-        .min()
-        .ok_or(TraceError::Empty)?;
+    let first = records.iter().map(|r| r.timestamp).min().ok_or(TraceError::Empty)?;
     let mut interned: HashMap<u64, u32> = HashMap::new();
     let mut requests: Vec<ReplayRequest> = records
         .iter()

@@ -7,19 +7,12 @@ use kvroute_kv_router::KvRouterConfig;
 use kvroute_mocker::timing::{decode_ms, prefill_ms};
 use kvroute_protocol::{block_hashes, HashSeed};
 use kvroute_replay::trace::{expand, parse_records};
-use kvroute_replay::{
-    run, PoolSplit, ReplayConfig, ReplayOutcome, Summary, TraceError, TraceOptions, TraceRecord,
-};
+use kvroute_replay::{run, PoolSplit, ReplayConfig, ReplayOutcome, Summary, TraceError, TraceOptions, TraceRecord};
 
 const CAPACITY_TOKENS: f64 = (16384 * 64) as f64;
 
 fn rec(timestamp: u64, input_length: usize, output_length: usize, hash_ids: &[u64]) -> TraceRecord {
-    TraceRecord {
-        timestamp,
-        input_length,
-        output_length,
-        hash_ids: hash_ids.to_vec(),
-    }
+    TraceRecord { timestamp, input_length, output_length, hash_ids: hash_ids.to_vec() }
 }
 
 fn replay(workers: usize, mode: RouterMode, records: &[TraceRecord]) -> ReplayOutcome {
@@ -36,10 +29,7 @@ fn a_lone_request_waits_exactly_its_prefill() {
     let out = replay(1, RouterMode::Kv, &[rec(0, 1000, 1, &[0, 1])]);
     let r = &out.records[0];
     assert!(close(r.ttft_ms().unwrap(), prefill_ms(1000)));
-    assert!(
-        close(r.e2e_ms().unwrap(), prefill_ms(1000)),
-        "one output token: done with the first"
-    );
+    assert!(close(r.e2e_ms().unwrap(), prefill_ms(1000)), "one output token: done with the first");
 }
 
 #[test]
@@ -47,23 +37,13 @@ fn each_further_token_costs_one_decode_pass_over_the_sequence_length() {
     let out = replay(1, RouterMode::Kv, &[rec(0, 1000, 3, &[0, 1])]);
     let r = &out.records[0];
     // Decode passes compute token 1001 then 1002 of the sequence.
-    let expected = prefill_ms(1000)
-        + decode_ms(1001.0 / CAPACITY_TOKENS)
-        + decode_ms(1002.0 / CAPACITY_TOKENS);
-    assert!(
-        close(r.e2e_ms().unwrap(), expected),
-        "{} vs {expected}",
-        r.e2e_ms().unwrap()
-    );
+    let expected = prefill_ms(1000) + decode_ms(1001.0 / CAPACITY_TOKENS) + decode_ms(1002.0 / CAPACITY_TOKENS);
+    assert!(close(r.e2e_ms().unwrap(), expected), "{} vs {expected}", r.e2e_ms().unwrap());
 }
 
 #[test]
 fn simultaneous_arrivals_share_one_prefill_pass() {
-    let out = replay(
-        1,
-        RouterMode::Kv,
-        &[rec(0, 1000, 1, &[0, 1]), rec(0, 600, 1, &[2, 3])],
-    );
+    let out = replay(1, RouterMode::Kv, &[rec(0, 1000, 1, &[0, 1]), rec(0, 600, 1, &[2, 3])]);
     for r in &out.records {
         assert!(close(r.ttft_ms().unwrap(), prefill_ms(1600)));
     }
@@ -71,32 +51,18 @@ fn simultaneous_arrivals_share_one_prefill_pass() {
 
 #[test]
 fn an_arrival_during_a_pass_waits_for_the_next_one() {
-    let out = replay(
-        1,
-        RouterMode::Kv,
-        &[rec(0, 1000, 1, &[0, 1]), rec(5, 600, 1, &[2, 3])],
-    );
+    let out = replay(1, RouterMode::Kv, &[rec(0, 1000, 1, &[0, 1]), rec(5, 600, 1, &[2, 3])]);
     let b = &out.records[1];
-    assert!(close(
-        b.ttft_ms().unwrap(),
-        prefill_ms(1000) - 5.0 + prefill_ms(600)
-    ));
+    assert!(close(b.ttft_ms().unwrap(), prefill_ms(1000) - 5.0 + prefill_ms(600)));
 }
 
 #[test]
 fn a_shared_prefix_is_counted_as_reuse_and_skips_its_prefill() {
     // B arrives long after A finished; its first 512-token block equals A's.
-    let out = replay(
-        1,
-        RouterMode::Kv,
-        &[rec(0, 1024, 1, &[0, 1]), rec(10_000, 1024, 1, &[0, 2])],
-    );
+    let out = replay(1, RouterMode::Kv, &[rec(0, 1024, 1, &[0, 1]), rec(10_000, 1024, 1, &[0, 2])]);
     assert_eq!(out.records[0].cached_tokens, 0);
     assert_eq!(out.records[1].cached_tokens, 512);
-    assert_eq!(
-        out.records[1].router_overlap_blocks, 8,
-        "the router saw A's KV events"
-    );
+    assert_eq!(out.records[1].router_overlap_blocks, 8, "the router saw A's KV events");
     assert!(close(out.records[1].ttft_ms().unwrap(), prefill_ms(512)));
     let s = Summary::of(&out.records);
     assert!(close(s.prefix_reuse_ratio, 512.0 / 2048.0));
@@ -105,29 +71,21 @@ fn a_shared_prefix_is_counted_as_reuse_and_skips_its_prefill() {
 #[test]
 fn a_fully_cached_prompt_still_computes_its_last_block() {
     // The engine caps reuse at floor((len - 1) / 64) * 64 so at least one token is computed.
-    let out = replay(
-        1,
-        RouterMode::Kv,
-        &[rec(0, 1024, 1, &[0, 1]), rec(10_000, 1024, 1, &[0, 1])],
-    );
+    let out = replay(1, RouterMode::Kv, &[rec(0, 1024, 1, &[0, 1]), rec(10_000, 1024, 1, &[0, 1])]);
     assert_eq!(out.records[1].cached_tokens, 960);
     assert!(close(out.records[1].ttft_ms().unwrap(), prefill_ms(64)));
 }
 
 #[test]
 fn the_kv_router_sends_a_shared_prefix_where_it_is_cached() {
-    let records: Vec<TraceRecord> = (0..6)
-        .map(|i| rec(i * 10_000, 2048, 2, &[42, 43, 100 + i, 200 + i]))
-        .collect();
+    let records: Vec<TraceRecord> = (0..6).map(|i| rec(i * 10_000, 2048, 2, &[42, 43, 100 + i, 200 + i])).collect();
     let kv = replay(4, RouterMode::Kv, &records);
     assert!(kv.records.iter().all(|r| r.worker == kv.records[0].worker));
     assert!(kv.records[1..].iter().all(|r| r.cached_tokens == 1024));
     let rr = replay(4, RouterMode::RoundRobin, &records);
     let workers: Vec<usize> = rr.records.iter().map(|r| r.worker).collect();
     assert_eq!(workers, [0, 1, 2, 3, 0, 1]);
-    assert!(
-        Summary::of(&kv.records).prefix_reuse_ratio > Summary::of(&rr.records).prefix_reuse_ratio
-    );
+    assert!(Summary::of(&kv.records).prefix_reuse_ratio > Summary::of(&rr.records).prefix_reuse_ratio);
 }
 
 /// A busy synthetic trace: shared system prompts, overlapping requests, ties for the router.
@@ -152,10 +110,7 @@ fn synthetic(n: u64) -> Vec<TraceRecord> {
 fn the_same_seed_gives_the_same_records() {
     let requests = expand(&synthetic(200), &TraceOptions::default()).unwrap();
     for mode in [RouterMode::Kv, RouterMode::Random, RouterMode::LeastLoaded] {
-        let config = ReplayConfig {
-            seed: 7,
-            ..ReplayConfig::dynamo_defaults(4, mode)
-        };
+        let config = ReplayConfig { seed: 7, ..ReplayConfig::dynamo_defaults(4, mode) };
         let a = run(&config, &requests).unwrap();
         let b = run(&config, &requests).unwrap();
         assert_eq!(a, b);
@@ -184,17 +139,12 @@ fn a_bad_line_is_reported_by_number() {
 
     let too_long = "{\"timestamp\":0,\"input_length\":600,\"output_length\":1,\"hash_ids\":[0]}\n";
     let err = parse_records(too_long.as_bytes(), None).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("trace line 1: input_length 600 exceeds"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("trace line 1: input_length 600 exceeds"), "{err}");
 }
 
 #[test]
 fn max_requests_stops_reading_early() {
-    let text =
-        "{\"timestamp\":0,\"input_length\":10,\"output_length\":1,\"hash_ids\":[0]}\nnot json\n";
+    let text = "{\"timestamp\":0,\"input_length\":10,\"output_length\":1,\"hash_ids\":[0]}\nnot json\n";
     assert_eq!(parse_records(text.as_bytes(), Some(1)).unwrap().len(), 1);
 }
 
@@ -204,10 +154,7 @@ fn expansion_repeats_each_interned_id_512_times_and_cuts_the_last_block() {
     let requests = expand(&records, &TraceOptions::default()).unwrap();
     let p = &requests[0].prompt;
     assert_eq!(p.len(), 1100);
-    assert!(
-        p[..512].iter().all(|&t| t == 0),
-        "first id seen is interned as 0"
-    );
+    assert!(p[..512].iter().all(|&t| t == 0), "first id seen is interned as 0");
     assert!(p[512..1024].iter().all(|&t| t == 1));
     assert!(p[1024..].iter().all(|&t| t == 0));
     assert_eq!(requests[1].prompt, vec![1; 512]);
@@ -229,10 +176,7 @@ fn equal_hash_ids_give_equal_block_hashes_at_16_64_and_512() {
 #[test]
 fn time_scale_compresses_arrivals_from_the_first_one() {
     let records = [rec(1000, 10, 1, &[0]), rec(3000, 10, 1, &[1])];
-    let options = TraceOptions {
-        time_scale: 4.0,
-        ..TraceOptions::default()
-    };
+    let options = TraceOptions { time_scale: 4.0, ..TraceOptions::default() };
     let requests = expand(&records, &options).unwrap();
     assert_eq!(requests[0].arrival_ms, 0.0);
     assert_eq!(requests[1].arrival_ms, 500.0);
@@ -246,10 +190,7 @@ fn the_first_500_trace_requests_replay() {
         eprintln!("skipped: {} not found", path.display());
         return;
     }
-    let options = TraceOptions {
-        max_requests: Some(500),
-        ..TraceOptions::default()
-    };
+    let options = TraceOptions { max_requests: Some(500), ..TraceOptions::default() };
     let requests = kvroute_replay::trace::load(path, &options).unwrap();
     let out = run(&ReplayConfig::dynamo_defaults(8, RouterMode::Kv), &requests).unwrap();
     let s = Summary::of(&out.records);
@@ -314,8 +255,11 @@ fn pool_sizes_must_cover_the_workers() {
 #[test]
 fn the_predicted_ttft_router_spreads_a_burst_and_keeps_conversations_together() {
     // Eight simultaneous new conversations on four workers, then their second turns.
-    let mut records: Vec<TraceRecord> = (0..8u64).map(|c| rec(0, 2048, 2, &[c * 10, c * 10 + 1, c * 10 + 2, c * 10 + 3])).collect();
-    records.extend((0..8u64).map(|c| rec(20_000, 3072, 2, &[c * 10, c * 10 + 1, c * 10 + 2, c * 10 + 3, c * 10 + 4, c * 10 + 5])));
+    let mut records: Vec<TraceRecord> =
+        (0..8u64).map(|c| rec(0, 2048, 2, &[c * 10, c * 10 + 1, c * 10 + 2, c * 10 + 3])).collect();
+    records.extend(
+        (0..8u64).map(|c| rec(20_000, 3072, 2, &[c * 10, c * 10 + 1, c * 10 + 2, c * 10 + 3, c * 10 + 4, c * 10 + 5])),
+    );
     let requests = expand(&records, &TraceOptions::default()).unwrap();
     let config = ReplayConfig {
         router: KvRouterConfig { block_size: 64, ..KvRouterConfig::default() },
@@ -337,7 +281,8 @@ fn the_predicted_ttft_router_spreads_a_burst_and_keeps_conversations_together() 
 fn requests_arriving_while_their_prefix_is_computed_join_it() {
     // The same 5,120-token prefix three times, 20 ms apart: the first is still in prefill (no
     // event yet) when the others arrive.
-    let records: Vec<TraceRecord> = (0..3u64).map(|i| rec(i * 20, 5632, 2, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100 + i])).collect();
+    let records: Vec<TraceRecord> =
+        (0..3u64).map(|i| rec(i * 20, 5632, 2, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100 + i])).collect();
     let requests = expand(&records, &TraceOptions::default()).unwrap();
     let config = ReplayConfig {
         router: KvRouterConfig { block_size: 64, ..KvRouterConfig::default() },
@@ -352,7 +297,8 @@ fn requests_arriving_while_their_prefix_is_computed_join_it() {
 #[test]
 fn router_replicas_that_share_load_route_like_one_and_blind_ones_pile_up() {
     // A burst: 60 requests in 1.2 s, 4 workers, kvroute's default cost.
-    let records: Vec<TraceRecord> = synthetic(60).into_iter().enumerate().map(|(i, r)| TraceRecord { timestamp: i as u64 * 20, ..r }).collect();
+    let records: Vec<TraceRecord> =
+        synthetic(60).into_iter().enumerate().map(|(i, r)| TraceRecord { timestamp: i as u64 * 20, ..r }).collect();
     let requests = expand(&records, &TraceOptions::default()).unwrap();
     let ttft = |replicas: usize, sync: bool| {
         let config = ReplayConfig {

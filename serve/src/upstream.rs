@@ -41,8 +41,14 @@ impl Upstream {
     }
 
     /// POST a JSON `body` to `url` with `headers`; the answer's head once it arrives.
-    pub async fn post(&self, url: &str, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Result<Response<Incoming>, String> {
-        let mut request = Request::builder().method(Method::POST).uri(uri(url)?).header("content-type", "application/json");
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Response<Incoming>, String> {
+        let mut request =
+            Request::builder().method(Method::POST).uri(uri(url)?).header("content-type", "application/json");
         for (name, value) in headers {
             request = request.header(name, value);
         }

@@ -30,10 +30,7 @@ pub(crate) fn encode(text: &str) -> Vec<u32> {
 /// `<|`, so one pass over the text finds it (no rescans of a long prompt per token).
 fn next_special(text: &str) -> Option<(usize, &'static str, u32)> {
     text.match_indices("<|").find_map(|(at, _)| {
-        SPECIALS
-            .iter()
-            .find(|&&(token, _)| text[at..].starts_with(token))
-            .map(|&(token, id)| (at, token, id))
+        SPECIALS.iter().find(|&&(token, _)| text[at..].starts_with(token)).map(|&(token, id)| (at, token, id))
     })
 }
 

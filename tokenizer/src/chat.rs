@@ -12,9 +12,9 @@
 
 use std::path::Path;
 
+pub use kvroute_protocol::openai::{ChatMessage, ContentPart, MessageContent};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, ErrorKind, Value};
-pub use kvroute_protocol::openai::{ChatMessage, ContentPart, MessageContent};
 use serde::Deserialize;
 
 use crate::TokenizerError;
@@ -74,10 +74,8 @@ impl ChatTemplate {
     /// `chat_template` is a string, or a list of `{name, template}` of which the one named
     /// `default` is used.
     fn from_tokenizer_config(json: &str, path: &Path) -> Result<Self, TokenizerError> {
-        let config_error =
-            |message: String| TokenizerError::Config { path: path.to_path_buf(), message };
-        let config: TokenizerConfigJson =
-            serde_json::from_str(json).map_err(|e| config_error(e.to_string()))?;
+        let config_error = |message: String| TokenizerError::Config { path: path.to_path_buf(), message };
+        let config: TokenizerConfigJson = serde_json::from_str(json).map_err(|e| config_error(e.to_string()))?;
         let source = match config.chat_template {
             Some(TemplateField::One(source)) => source,
             Some(TemplateField::Named(list)) => list
@@ -109,24 +107,15 @@ impl ChatTemplate {
 
     /// Renders `messages` into a prompt; with `add_generation_prompt` the prompt ends where the
     /// assistant's reply begins.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, TokenizerError> {
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
-                Value::from_pairs([
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.text())),
-                ])
+                Value::from_pairs([("role", Value::from(m.role.as_str())), ("content", Value::from(m.content.text()))])
             })
             .collect();
-        let mut ctx = vec![
-            ("messages", Value::from(messages)),
-            ("add_generation_prompt", Value::from(add_generation_prompt)),
-        ];
+        let mut ctx =
+            vec![("messages", Value::from(messages)), ("add_generation_prompt", Value::from(add_generation_prompt))];
         // An unset token is left undefined (renders as ""), as HF leaves it out of the context;
         // `none` would render as "none".
         let tokens = [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)];

@@ -60,8 +60,7 @@ const BUILTIN_JSON: &str = include_str!("../../assets/tokenizer/tokenizer.json")
 
 /// End-of-sequence tokens looked for, in order, when a `tokenizer.json` is loaded without a
 /// `tokenizer_config.json` to name its EOS: end-of-turn tokens first, as chat models stop there.
-const EOS_CANDIDATES: [&str; 7] =
-    [IM_END, "<|eot_id|>", "<|end|>", ENDOFTEXT, "<|end_of_text|>", "</s>", "<eos>"];
+const EOS_CANDIDATES: [&str; 7] = [IM_END, "<|eot_id|>", "<|end|>", ENDOFTEXT, "<|end_of_text|>", "</s>", "<eos>"];
 
 /// Why a tokenizer or template could not be loaded or used. Names the file where there is one.
 #[derive(Debug, Error)]
@@ -112,9 +111,7 @@ impl TokenizerConfig {
             TokenizerConfig::File { path, chat_template } => {
                 let tokenizer = Tokenizer::from_file(path)?;
                 Ok(match chat_template {
-                    Some(template) => {
-                        tokenizer.with_chat_template(ChatTemplate::from_file(template)?)
-                    }
+                    Some(template) => tokenizer.with_chat_template(ChatTemplate::from_file(template)?),
                     None => tokenizer,
                 })
             }
@@ -172,8 +169,7 @@ impl Tokenizer {
     /// token names until a template from a `tokenizer_config.json` names it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer, TokenizerError> {
         let path = path.as_ref();
-        let json = std::fs::read(path)
-            .map_err(|source| TokenizerError::Read { path: path.to_path_buf(), source })?;
+        let json = std::fs::read(path).map_err(|source| TokenizerError::Read { path: path.to_path_buf(), source })?;
         let hf = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|source| TokenizerError::Load { path: path.to_path_buf(), source })?;
         Ok(Tokenizer::from_hf(hf))
@@ -184,9 +180,9 @@ impl Tokenizer {
         // (Setting no truncation cannot fail: only a stride check can, on Some.)
         hf.with_padding(None);
         let _ = hf.with_truncation(None);
-        let eos_token =
-            EOS_CANDIDATES.into_iter().find(|t| hf.token_to_id(t).is_some()).map(String::from);
-        let model = HfModel { vocab_size: hf.get_vocab_size(true), resume_margin: resume::resume_margin(&hf), tokenizer: hf };
+        let eos_token = EOS_CANDIDATES.into_iter().find(|t| hf.token_to_id(t).is_some()).map(String::from);
+        let model =
+            HfModel { vocab_size: hf.get_vocab_size(true), resume_margin: resume::resume_margin(&hf), tokenizer: hf };
         Tokenizer { model: Model::Hf(Arc::new(model)), chat: None, eos_token }
     }
 
@@ -223,7 +219,9 @@ impl Tokenizer {
     /// [`encode_after`](Self::encode_after).
     pub fn encode_tokenized(&self, text: &str) -> Result<Tokenized, TokenizerError> {
         match &self.model {
-            Model::Hf(hf) if hf.resume_margin.is_some() => resume::encode(&hf.tokenizer, text).map_err(TokenizerError::Encode),
+            Model::Hf(hf) if hf.resume_margin.is_some() => {
+                resume::encode(&hf.tokenizer, text).map_err(TokenizerError::Encode)
+            }
             _ => self.encode(text).map(Tokenized::plain),
         }
     }
@@ -232,7 +230,12 @@ impl Tokenizer {
     /// tokenization of `earlier_text`, for as much of the beginning they share as is safe
     /// (see [`Tokenized`]); only the rest is tokenized. With a tokenizer that cannot resume
     /// ([`resumes`](Self::resumes) is false), or nothing useful shared, the whole text is.
-    pub fn encode_after(&self, earlier: &Tokenized, earlier_text: &str, text: &str) -> Result<Tokenized, TokenizerError> {
+    pub fn encode_after(
+        &self,
+        earlier: &Tokenized,
+        earlier_text: &str,
+        text: &str,
+    ) -> Result<Tokenized, TokenizerError> {
         self.encode_beginning(Some((earlier, earlier_text)), text, text.len())
     }
 
@@ -242,10 +245,16 @@ impl Tokenizer {
     /// long prompt's cached prefix needs: the ids stop at a checkpoint at or before `limit`
     /// ([`Tokenized::ends_at`]), whose ids the rest of the text cannot change. A tokenizer that
     /// cannot resume, or a limit at or past the end, tokenizes the whole text.
-    pub fn encode_beginning(&self, earlier: Option<(&Tokenized, &str)>, text: &str, limit: usize) -> Result<Tokenized, TokenizerError> {
+    pub fn encode_beginning(
+        &self,
+        earlier: Option<(&Tokenized, &str)>,
+        text: &str,
+        limit: usize,
+    ) -> Result<Tokenized, TokenizerError> {
         match &self.model {
             Model::Hf(hf) => match hf.resume_margin {
-                Some(margin) => resume::encode_beginning(&hf.tokenizer, margin, earlier, text, limit).map_err(TokenizerError::Encode),
+                Some(margin) => resume::encode_beginning(&hf.tokenizer, margin, earlier, text, limit)
+                    .map_err(TokenizerError::Encode),
                 None => self.encode_tokenized(text),
             },
             Model::ByteLevel => self.encode_tokenized(text),
@@ -272,7 +281,9 @@ impl Tokenizer {
     /// what a simulated engine can emit one at a time and still stream readable text.
     pub fn printable_ids(&self) -> Vec<u32> {
         let readable = |text: &str| {
-            !text.is_empty() && !text.contains('\u{FFFD}') && text.chars().all(|c| !c.is_control() || c == '\n' || c == '\t')
+            !text.is_empty()
+                && !text.contains('\u{FFFD}')
+                && text.chars().all(|c| !c.is_control() || c == '\n' || c == '\t')
         };
         let eos = self.eos_token_id();
         (0..self.vocab_size() as u32)
@@ -280,7 +291,9 @@ impl Tokenizer {
                 Some(id) == eos
                     || match &self.model {
                         Model::Hf(hf) => hf.tokenizer.decode(&[id], true).is_ok_and(|t| readable(&t)),
-                        Model::ByteLevel => u8::try_from(id).is_ok_and(|b| b.is_ascii() && readable(&bytes::decode(&[id]))),
+                        Model::ByteLevel => {
+                            u8::try_from(id).is_ok_and(|b| b.is_ascii() && readable(&bytes::decode(&[id])))
+                        }
                     }
             })
             .collect()

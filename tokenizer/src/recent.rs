@@ -114,12 +114,21 @@ impl RecentTexts {
     /// it). Stops early only when the tokenizer can resume ([`Tokenizer::encode_beginning`]);
     /// a later call for more of the same text, or all of it, carries on from where this one
     /// stopped.
-    pub fn encode_beginning(&self, tokenizer: &Tokenizer, text: &str, min_bytes: usize) -> Result<Beginning, TokenizerError> {
+    pub fn encode_beginning(
+        &self,
+        tokenizer: &Tokenizer,
+        text: &str,
+        min_bytes: usize,
+    ) -> Result<Beginning, TokenizerError> {
         let key = xxh3_128(text.as_bytes());
         let wanted = min_bytes.min(text.len());
         let same = self.lock().entries.get(&key).cloned();
         if let Some(entry) = same.as_ref().filter(|e| e.covered() >= wanted) {
-            return Ok(Beginning { ids: entry.tokens.ids().to_vec(), bytes: entry.covered(), how: Tokenization::Cached });
+            return Ok(Beginning {
+                ids: entry.tokens.ids().to_vec(),
+                bytes: entry.covered(),
+                how: Tokenization::Cached,
+            });
         }
         // Tokenize outside the lock: other texts need not wait for this one.
         let tokens = if text.len() < RESUME_MIN_BYTES {
@@ -151,8 +160,13 @@ impl RecentTexts {
         // Pick candidates under the lock (a cheap check each), compare them outside it, most
         // recent first: comparing is a pass over both texts (64 prompts sharing a 220 KB
         // document are 14 MB), so stop at one that leaves little to tokenize.
-        let candidates: Vec<Arc<Entry>> =
-            self.lock().entries.iter().filter(|(_, e)| e.text.as_bytes().starts_with(head)).map(|(_, e)| e.clone()).collect();
+        let candidates: Vec<Arc<Entry>> = self
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.text.as_bytes().starts_with(head))
+            .map(|(_, e)| e.clone())
+            .collect();
         let shared = |e: &Entry| common_prefix_len(&e.text.as_bytes()[..e.covered()], text.as_bytes());
         let mut best: Option<(usize, Arc<Entry>)> = None;
         for entry in candidates {

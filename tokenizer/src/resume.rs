@@ -180,9 +180,12 @@ pub(crate) fn encode_beginning(
     if let Some((whole, _)) = earlier.filter(|(e, e_text)| e.ends_at.is_none() && *e_text == text) {
         return Ok(Tokenized { reused: whole.ids.len(), ..whole.clone() }); // the same text, all of it
     }
-    let head = earlier.map(|(e, e_text)| (e, usable_checkpoints(margin, e, e_text, text))).filter(|&(_, usable)| usable > 0);
+    let head =
+        earlier.map(|(e, e_text)| (e, usable_checkpoints(margin, e, e_text, text))).filter(|&(_, usable)| usable > 0);
     let (head_ids, head_checkpoints, from) = match head {
-        Some((e, usable)) => (&e.ids[..e.checkpoints[usable - 1].token], &e.checkpoints[..usable], e.checkpoints[usable - 1]),
+        Some((e, usable)) => {
+            (&e.ids[..e.checkpoints[usable - 1].token], &e.checkpoints[..usable], e.checkpoints[usable - 1])
+        }
         None => (&[][..], &[][..], Checkpoint { token: 0, byte: 0 }),
     };
     let mut end = text.len();
@@ -212,7 +215,8 @@ pub(crate) fn encode_beginning(
     ids.extend_from_slice(head_ids);
     ids.extend_from_slice(&tail.ids);
     let mut checkpoints = head_checkpoints.to_vec();
-    checkpoints.extend(tail.checkpoints.iter().map(|c| Checkpoint { token: from.token + c.token, byte: from.byte + c.byte }));
+    checkpoints
+        .extend(tail.checkpoints.iter().map(|c| Checkpoint { token: from.token + c.token, byte: from.byte + c.byte }));
     Ok(Tokenized { ids, checkpoints, reused: from.token, ends_at: tail.ends_at })
 }
 
@@ -267,12 +271,18 @@ mod tests {
     #[test]
     fn pre_tokenizers_that_qualify() {
         let v = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        assert!(pre_tokenizer_resumes(&v(r#"{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}"#)));
-        assert!(!pre_tokenizer_resumes(&v(r#"{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true}"#)));
+        assert!(pre_tokenizer_resumes(&v(
+            r#"{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}"#
+        )));
+        assert!(!pre_tokenizer_resumes(&v(
+            r#"{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true}"#
+        )));
         assert!(pre_tokenizer_resumes(&v(
             r#"{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"\\p{N}{1,3}| ?\\p{L}+"},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":false}]}"#
         )));
-        assert!(!pre_tokenizer_resumes(&v(r#"{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":false}"#)));
+        assert!(!pre_tokenizer_resumes(&v(
+            r#"{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":false}"#
+        )));
         assert!(pre_tokenizer_resumes(&Value::Null));
     }
 }

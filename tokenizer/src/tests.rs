@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use super::*;
 
-const SHIPPED_JSON: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/tokenizer/tokenizer.json");
+const SHIPPED_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/tokenizer/tokenizer.json");
 
 /// A file in the temp dir, unique to this test process and call (tests run concurrently),
 /// removed on drop.
@@ -35,8 +34,7 @@ fn conversation() -> Vec<ChatMessage> {
     vec![ChatMessage::new("system", "You are terse."), ChatMessage::new("user", "Hi!")]
 }
 
-const CHATML_CONVERSATION: &str =
-    "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n";
+const CHATML_CONVERSATION: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n";
 
 // --- builtin BPE ---
 
@@ -48,8 +46,7 @@ fn builtin_round_trips_ascii() {
 
 #[test]
 fn builtin_round_trips_utf8() {
-    for text in ["naïve – 東京", "emoji 🦀 and\ttabs\r\n", "  leading and trailing spaces  "]
-    {
+    for text in ["naïve – 東京", "emoji 🦀 and\ttabs\r\n", "  leading and trailing spaces  "] {
         assert_eq!(round_trip(&Tokenizer::builtin(), text), text);
     }
 }
@@ -109,11 +106,9 @@ fn generation_prompt_opens_the_assistant_turn() {
 
 #[test]
 fn array_of_parts_content_renders_like_string_content() {
-    let as_string: Vec<ChatMessage> =
-        serde_json::from_str(r#"[{"role": "user", "content": "Hi!"}]"#).unwrap();
+    let as_string: Vec<ChatMessage> = serde_json::from_str(r#"[{"role": "user", "content": "Hi!"}]"#).unwrap();
     let as_parts: Vec<ChatMessage> =
-        serde_json::from_str(r#"[{"role": "user", "content": [{"type": "text", "text": "Hi!"}]}]"#)
-            .unwrap();
+        serde_json::from_str(r#"[{"role": "user", "content": [{"type": "text", "text": "Hi!"}]}]"#).unwrap();
     let tokenizer = Tokenizer::builtin();
     assert_eq!(
         tokenizer.apply_chat_template(&as_parts, true).unwrap(),
@@ -135,8 +130,7 @@ fn text_parts_join_with_newlines_and_other_parts_are_skipped() {
 #[test]
 fn null_or_missing_content_is_empty_text() {
     let messages: Vec<ChatMessage> =
-        serde_json::from_str(r#"[{"role": "assistant", "content": null}, {"role": "tool"}]"#)
-            .unwrap();
+        serde_json::from_str(r#"[{"role": "assistant", "content": null}, {"role": "tool"}]"#).unwrap();
     assert!(messages.iter().all(|m| m.content.text().is_empty()));
 }
 
@@ -170,11 +164,10 @@ fn raise_exception_in_a_template_is_an_error() {
 
 #[test]
 fn template_sees_bos_and_eos_and_python_string_methods() {
-    let template = ChatTemplate::new(
-        "{{ bos_token }}{% for m in messages %}{{ m.content.strip() }}{{ eos_token }}{% endfor %}",
-    )
-    .unwrap()
-    .with_special_tokens(Some("<s>".into()), Some("</s>".into()));
+    let template =
+        ChatTemplate::new("{{ bos_token }}{% for m in messages %}{{ m.content.strip() }}{{ eos_token }}{% endfor %}")
+            .unwrap()
+            .with_special_tokens(Some("<s>".into()), Some("</s>".into()));
     let prompt = template.render(&[ChatMessage::new("user", "  hi  ")], false).unwrap();
     assert_eq!(prompt, "<s>hi</s>");
 }
@@ -192,8 +185,7 @@ fn template_loads_from_a_tokenizer_config() {
         r#"{"chat_template": [{"name": "default", "template": "{{ eos_token }}"}],
             "eos_token": {"content": "<|endoftext|>", "special": true}}"#,
     );
-    let tokenizer =
-        Tokenizer::builtin().with_chat_template(ChatTemplate::from_file(&config.0).unwrap());
+    let tokenizer = Tokenizer::builtin().with_chat_template(ChatTemplate::from_file(&config.0).unwrap());
     assert_eq!(tokenizer.apply_chat_template(&conversation(), false).unwrap(), ENDOFTEXT);
     assert_eq!(tokenizer.eos_token_id(), Some(0));
 }
@@ -266,10 +258,7 @@ fn config_defaults_to_byte_level() {
 #[test]
 fn config_loads_a_file_with_a_chat_template() {
     let template = TempFile::new("template.jinja", "{{ messages | length }}");
-    let config = TokenizerConfig::File {
-        path: SHIPPED_JSON.into(),
-        chat_template: Some(template.0.clone()),
-    };
+    let config = TokenizerConfig::File { path: SHIPPED_JSON.into(), chat_template: Some(template.0.clone()) };
     let tokenizer = config.load().unwrap();
     assert_eq!(tokenizer.apply_chat_template(&conversation(), false).unwrap(), "2");
 }
@@ -296,9 +285,37 @@ mod resume {
     /// Pieces that stress the pre-tokenizer's edges: whitespace runs before words and line
     /// ends, contractions, digit runs, punctuation, multi-byte characters, added tokens.
     const FRAGMENTS: &[&str] = &[
-        "the", " cat", "  ", " ", "\n", "\n\n", "\t", "   \n", "\r\n", "'s", "'ll", "123", "4567",
-        "3.14", ",", ".", "!?", "--", "é", "日本語", "🦀", "Ω", "a1b2", "x", "user", " assistant",
-        IM_START, IM_END, ENDOFTEXT, "<|im_", "start|>",
+        "the",
+        " cat",
+        "  ",
+        " ",
+        "\n",
+        "\n\n",
+        "\t",
+        "   \n",
+        "\r\n",
+        "'s",
+        "'ll",
+        "123",
+        "4567",
+        "3.14",
+        ",",
+        ".",
+        "!?",
+        "--",
+        "é",
+        "日本語",
+        "🦀",
+        "Ω",
+        "a1b2",
+        "x",
+        "user",
+        " assistant",
+        IM_START,
+        IM_END,
+        ENDOFTEXT,
+        "<|im_",
+        "start|>",
     ];
 
     /// The shipped vocabulary behind Llama 3's pre-tokenizer (a regex split, then byte-level),
@@ -306,7 +323,8 @@ mod resume {
     /// `\s*[\r\n]+` looks to the end of a whitespace run, which is why a checkpoint never
     /// sits on whitespace (see `a_whitespace_run_that_gains_a_line_end_stays_exact`).
     fn llama3_style() -> (TempFile, Tokenizer) {
-        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(SHIPPED_JSON).unwrap()).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(SHIPPED_JSON).unwrap()).unwrap();
         config["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "behavior": "Isolated", "invert": false, "pattern": {"Regex":
                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"}},

@@ -55,12 +55,27 @@ impl Stack {
     /// all its blocks (of 16).
     async fn cache_in_pool(&self, pool: usize, prompt: &[u32]) {
         let router = self.routers[pool].router_http();
-        let r = self.client.post(format!("{router}/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 1})).send().await.unwrap();
+        let r = self
+            .client
+            .post(format!("{router}/v1/completions"))
+            .json(&json!({"prompt": prompt, "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         r.bytes().await.unwrap();
         let blocks = prompt.len() / 16;
         let indexed = support::eventually(Duration::from_secs(10), || async {
-            let v: Value = self.client.post(format!("{router}/best_worker")).json(&json!({"token_ids": prompt})).send().await.ok()?.json().await.ok()?;
+            let v: Value = self
+                .client
+                .post(format!("{router}/best_worker"))
+                .json(&json!({"token_ids": prompt}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
             (v["overlap_blocks"] == blocks).then_some(())
         })
         .await;
@@ -87,7 +102,13 @@ async fn a_prefix_served_by_pool_b_goes_to_pool_b_again() {
     // Served by pool b directly, so b's workers cache it; wait until b's router knows it.
     stack.cache_in_pool(1, &p).await;
     // One request through the global router: pool a has nothing cached, so b is cheaper.
-    let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
+    let r = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .json(&json!({"prompt": p, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     let pool = r.headers()["x-kvroute-pool"].to_str().unwrap().to_owned();
     let reason = r.headers()["x-kvroute-reason"].to_str().unwrap().to_owned();
     let body: Value = r.json().await.unwrap();
@@ -102,16 +123,32 @@ async fn a_prefix_served_by_pool_b_goes_to_pool_b_again() {
 async fn a_prompt_too_long_for_pool_a_goes_to_pool_b_though_a_holds_its_prefix() {
     // Pool a's engines take 1,024 tokens at most, output included (its entry says prompts of
     // up to 1,023); b's take any.
-    let stack = Stack::with_pool_a("{type: kv_overlap, block_size: 16}", "max_input_tokens: 1023", &["--max-model-len", "1024"]);
+    let stack = Stack::with_pool_a(
+        "{type: kv_overlap, block_size: 16}",
+        "max_input_tokens: 1023",
+        &["--max-model-len", "1024"],
+    );
     let long: Vec<u32> = prompt(9).into_iter().chain(prompt(10).into_iter().take(64)).collect(); // 1,088 tokens
     let head = &long[..512];
     stack.cache_in_pool(0, head).await;
     // The head alone still goes to a (its cache); the long prompt starting with it, to b.
-    let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": head, "max_tokens": 1})).send().await.unwrap();
+    let r = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .json(&json!({"prompt": head, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["x-kvroute-pool"].to_str().unwrap()), (200, "a"));
     r.bytes().await.unwrap();
     for _ in 0..3 {
-        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": long, "max_tokens": 1})).send().await.unwrap();
+        let r = stack
+            .client
+            .post(stack.url("/v1/completions"))
+            .json(&json!({"prompt": long, "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
         let pool = r.headers().get("x-kvroute-pool").map(|v| v.to_str().unwrap().to_owned());
         let reason = r.headers().get("x-kvroute-reason").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
         assert_eq!((r.status().as_u16(), pool.as_deref()), (200, Some("b")), "{reason}: {}", r.text().await.unwrap());
@@ -126,7 +163,13 @@ async fn with_pool_b_down_every_request_still_succeeds_on_pool_a() {
     stack.routers[1].kill();
     let mut pools = Vec::new();
     for salt in 0..30 {
-        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt(100 + salt), "max_tokens": 2})).send().await.unwrap();
+        let r = stack
+            .client
+            .post(stack.url("/v1/completions"))
+            .json(&json!({"prompt": prompt(100 + salt), "max_tokens": 2}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "request {salt}: {}", r.text().await.unwrap());
         pools.push(r.headers()["x-kvroute-pool"].to_str().unwrap().to_owned());
         r.bytes().await.unwrap();
@@ -158,7 +201,14 @@ async fn models_are_merged_and_bad_requests_are_refused() {
     let stack = Stack::new("{type: least_loaded}");
     let models: Value = stack.client.get(stack.url("/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
-    let bad = stack.client.post(stack.url("/v1/completions")).body("{oops").header("content-type", "application/json").send().await.unwrap();
+    let bad = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .body("{oops")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
     let bad_header = stack
         .client
@@ -194,7 +244,13 @@ async fn a_length_grid_counts_text_prompts_with_the_tokenizer() {
         (format!("{document}First question?"), "b"),
         (format!("{document}Second, different question?"), "b"),
     ] {
-        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": text, "max_tokens": 1})).send().await.unwrap();
+        let r = stack
+            .client
+            .post(stack.url("/v1/completions"))
+            .json(&json!({"prompt": text, "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         assert_eq!(r.headers()["x-kvroute-prefill-pool"].to_str().unwrap(), want, "{} bytes", text.len());
         r.bytes().await.unwrap();
@@ -224,7 +280,10 @@ fn a_bad_config_is_rejected_at_start_naming_the_field() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("global.yaml");
     std::fs::write(&config, "pools:\n  - {name: a, routers: ['http://x:1'], weight: -1}\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvroute")).args(["global-router", "--config", config.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvroute"))
+        .args(["global-router", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pools[0].weight"), "{stderr}");

@@ -20,7 +20,10 @@ use crate::support;
 const BS: u32 = 4;
 
 fn stored(parent: Option<u64>, hash: u64) -> Vec<CacheEvent> {
-    vec![CacheEvent::Stored { parent: parent.map(SequenceHash), blocks: vec![(SequenceHash(hash), vec![hash as u32; BS as usize])] }]
+    vec![CacheEvent::Stored {
+        parent: parent.map(SequenceHash),
+        blocks: vec![(SequenceHash(hash), vec![hash as u32; BS as usize])],
+    }]
 }
 
 struct Fixture {
@@ -34,7 +37,8 @@ impl Fixture {
     /// worker's HTTP side is a mocker (for health checks); its events come from `publisher`.
     async fn new(ring: usize) -> Fixture {
         let tokenizer = Arc::new(Tokenizer::builtin());
-        let (publisher, endpoints) = Publisher::bind("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "kv-events", 0, ring).await.unwrap();
+        let (publisher, endpoints) =
+            Publisher::bind("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "kv-events", 0, ring).await.unwrap();
         let config = ServerConfig {
             engine: EngineConfig { block_size: BS as usize, ..EngineConfig::default() },
             model_name: "m".into(),
@@ -72,7 +76,10 @@ impl Fixture {
     async fn warm_up(&mut self) {
         for k in 0..100u64 {
             self.publisher.publish(&stored(None, 1_000 + k), BS).await;
-            let seen = support::eventually(Duration::from_millis(100), || async { (self.cached_blocks().await > 0).then_some(()) }).await;
+            let seen = support::eventually(Duration::from_millis(100), || async {
+                (self.cached_blocks().await > 0).then_some(())
+            })
+            .await;
             if seen.is_some() {
                 return;
             }
@@ -81,7 +88,9 @@ impl Fixture {
     }
 
     async fn wait_for(&self, blocks: u64) -> bool {
-        support::eventually(Duration::from_secs(5), || async { (self.cached_blocks().await == blocks).then_some(()) }).await.is_some()
+        support::eventually(Duration::from_secs(5), || async { (self.cached_blocks().await == blocks).then_some(()) })
+            .await
+            .is_some()
     }
 }
 
@@ -111,6 +120,15 @@ async fn a_gap_that_replay_cannot_fill_clears_the_worker() {
     assert!(resynced.is_some(), "the unfillable gap was counted");
     // The warm-up blocks are gone with the clear; only the block after the gap remains.
     assert!(f.wait_for(1).await, "cleared, then the new block: {}", f.cached_blocks().await);
-    let v: Value = f.client.post(format!("{}/best_worker", f.router)).json(&serde_json::json!({"token_ids": [3, 3, 3, 3]})).send().await.unwrap().json().await.unwrap();
+    let v: Value = f
+        .client
+        .post(format!("{}/best_worker", f.router))
+        .json(&serde_json::json!({"token_ids": [3, 3, 3, 3]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["overlap_blocks"], 1, "{v}");
 }

@@ -13,19 +13,52 @@ async fn events_pushed_as_json_reach_the_index() {
     let dir = std::env::temp_dir().join(format!("kvroute-http-events-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("router.yaml");
-    std::fs::write(&config, format!("block_size: 16\nworkers:\n  - {{url: 'http://127.0.0.1:{port}', worker_id: 7}}\n")).unwrap();
-    let router = support::spawn(&["kv-router", "--http-port", "0", "--health-interval-ms", "200", "--config", config.to_str().unwrap()]);
+    std::fs::write(
+        &config,
+        format!("block_size: 16\nworkers:\n  - {{url: 'http://127.0.0.1:{port}', worker_id: 7}}\n"),
+    )
+    .unwrap();
+    let router = support::spawn(&[
+        "kv-router",
+        "--http-port",
+        "0",
+        "--health-interval-ms",
+        "200",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     let port_arg = port.to_string();
     let mocker = support::spawn(&[
-        "mocker", "--port", &port_arg, "--no-kv-events", "--block-size", "16",
-        "--kv-events-http-url", &router.router_http(), "--worker-id", "7",
+        "mocker",
+        "--port",
+        &port_arg,
+        "--no-kv-events",
+        "--block-size",
+        "16",
+        "--kv-events-http-url",
+        &router.router_http(),
+        "--worker-id",
+        "7",
     ]);
     let client = reqwest::Client::new();
     let prompt: Vec<u32> = (0..320).collect();
-    let r = client.post(format!("{}/v1/completions", mocker.http())).json(&json!({"prompt": prompt, "max_tokens": 1})).send().await.unwrap();
+    let r = client
+        .post(format!("{}/v1/completions", mocker.http()))
+        .json(&json!({"prompt": prompt, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let overlap = support::eventually(Duration::from_secs(5), || async {
-        let v: Value = client.post(format!("{}/best_worker", router.router_http())).json(&json!({"token_ids": prompt})).send().await.ok()?.json().await.ok()?;
+        let v: Value = client
+            .post(format!("{}/best_worker", router.router_http()))
+            .json(&json!({"token_ids": prompt}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (v["overlap_blocks"] == 20).then_some(v)
     })
     .await;

@@ -14,7 +14,10 @@ const WORKER_ID: u64 = 11;
 /// A kv-router that takes worker 11's events from NATS only (no ZMQ endpoint configured).
 fn router(worker: &Process, nats_url: &str, dir: &std::path::Path, name: &str) -> Process {
     let file = dir.join(format!("{name}.yaml"));
-    let config = format!("block_size: 16\nkv_events_nats: {nats_url}\nworkers:\n  - {{url: {}, worker_id: {WORKER_ID}}}\n", worker.http());
+    let config = format!(
+        "block_size: 16\nkv_events_nats: {nats_url}\nworkers:\n  - {{url: {}, worker_id: {WORKER_ID}}}\n",
+        worker.http()
+    );
     std::fs::write(&file, config).unwrap();
     support::spawn(&["kv-router", "--http-port", "0", "--config", file.to_str().unwrap()])
 }
@@ -31,8 +34,15 @@ async fn cache_prompt(client: &reqwest::Client, router: &Process) -> Value {
     let first = client.post(format!("{}/v1/completions", router.router_http())).json(&body).send().await.unwrap();
     assert_eq!(first.status().as_u16(), 200);
     first.bytes().await.unwrap();
-    let indexed = support::eventually(Duration::from_secs(10), || async { (cached_blocks(client, router).await >= 62).then_some(()) }).await;
-    assert!(indexed.is_some(), "the router never indexed the worker's blocks from NATS ({})", cached_blocks(client, router).await);
+    let indexed = support::eventually(Duration::from_secs(10), || async {
+        (cached_blocks(client, router).await >= 62).then_some(())
+    })
+    .await;
+    assert!(
+        indexed.is_some(),
+        "the router never indexed the worker's blocks from NATS ({})",
+        cached_blocks(client, router).await
+    );
     body
 }
 
@@ -47,7 +57,16 @@ async fn events_published_on_jetstream_reach_routers_started_before_and_after() 
     let dir = std::env::temp_dir().join(format!("kvroute-nats-events-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let worker_id = WORKER_ID.to_string();
-    let mocker = support::mocker(&["--block-size", "16", "--speedup-ratio", "10", "--worker-id", &worker_id, "--kv-events-nats", &nats.url]);
+    let mocker = support::mocker(&[
+        "--block-size",
+        "16",
+        "--speedup-ratio",
+        "10",
+        "--worker-id",
+        &worker_id,
+        "--kv-events-nats",
+        &nats.url,
+    ]);
     let early = router(&mocker, &nats.url, &dir, "early");
     let client = reqwest::Client::new();
 
@@ -61,7 +80,10 @@ async fn events_published_on_jetstream_reach_routers_started_before_and_after() 
     let late = router(&mocker, &nats.url, &dir, "late");
     let expected = dump(&client, &early).await;
     assert!(!expected.as_array().unwrap().is_empty());
-    let rebuilt = support::eventually(Duration::from_secs(10), || async { (dump(&client, &late).await == expected).then_some(()) }).await;
+    let rebuilt = support::eventually(Duration::from_secs(10), || async {
+        (dump(&client, &late).await == expected).then_some(())
+    })
+    .await;
     assert!(rebuilt.is_some(), "the late router's index differs: {} vs {}", dump(&client, &late).await, expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -75,7 +97,19 @@ async fn a_relay_forwards_a_workers_zmq_events_to_routers_on_jetstream() {
     let mocker = support::mocker(&["--block-size", "16", "--speedup-ratio", "10"]);
     let worker_id = WORKER_ID.to_string();
     let (events, replay) = (mocker.kv_events(0), mocker.kv_replay(0));
-    let relay = support::spawn(&["kv-relay", "--worker-id", &worker_id, "--zmq", &events, "--zmq-replay", &replay, "--nats", &nats.url, "--block-size", "16"]);
+    let relay = support::spawn(&[
+        "kv-relay",
+        "--worker-id",
+        &worker_id,
+        "--zmq",
+        &events,
+        "--zmq-replay",
+        &replay,
+        "--nats",
+        &nats.url,
+        "--block-size",
+        "16",
+    ]);
     assert_eq!(relay.ready["kv_relay"]["subjects"][0], format!("kvroute.kv_events.{WORKER_ID}.0"));
     let router = router(&mocker, &nats.url, &dir, "relayed");
     // And a router subscribed to the worker's ZMQ socket itself (and its replay socket, so
@@ -85,15 +119,28 @@ async fn a_relay_forwards_a_workers_zmq_events_to_routers_on_jetstream() {
     cache_prompt(&client, &router).await;
     // The relayed index holds what the direct one does (the worker ids differ: 11 here, a hash
     // of the URL there).
-    let contents = |dump: Value| -> Vec<Value> { dump.as_array().unwrap().iter().map(|e| e["event"]["data"].clone()).collect() };
+    let contents =
+        |dump: Value| -> Vec<Value> { dump.as_array().unwrap().iter().map(|e| e["event"]["data"].clone()).collect() };
     let expected = contents(dump(&client, &router).await);
-    let same = support::eventually(Duration::from_secs(10), || async { (contents(dump(&client, &direct).await) == expected).then_some(()) }).await;
-    assert!(same.is_some(), "relayed and direct indexes differ: {expected:?} vs {:?}", contents(dump(&client, &direct).await));
+    let same = support::eventually(Duration::from_secs(10), || async {
+        (contents(dump(&client, &direct).await) == expected).then_some(())
+    })
+    .await;
+    assert!(
+        same.is_some(),
+        "relayed and direct indexes differ: {expected:?} vs {:?}",
+        contents(dump(&client, &direct).await)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn applied(client: &reqwest::Client, router: &Process) -> f64 {
-    support::metric(client, &router.router_http(), &format!("kvroute_router_kv_events_applied_total{{worker=\"{WORKER_ID}\"}}")).await
+    support::metric(
+        client,
+        &router.router_http(),
+        &format!("kvroute_router_kv_events_applied_total{{worker=\"{WORKER_ID}\"}}"),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -105,32 +152,57 @@ async fn a_compacted_history_rebuilds_the_same_index_from_fewer_events() {
     // A small cache (160 blocks) that evicts, and a snapshot once 50 blocks have changed (and
     // twice what the cache holds).
     let mocker = support::mocker(&[
-        "--block-size", "16", "--speedup-ratio", "10", "--num-gpu-blocks", "160", "--worker-id", &worker_id,
-        "--kv-events-nats", &nats.url, "--kv-events-nats-snapshot-after", "50",
+        "--block-size",
+        "16",
+        "--speedup-ratio",
+        "10",
+        "--num-gpu-blocks",
+        "160",
+        "--worker-id",
+        &worker_id,
+        "--kv-events-nats",
+        &nats.url,
+        "--kv-events-nats-snapshot-after",
+        "50",
     ]);
     let early = router(&mocker, &nats.url, &dir, "early");
     let client = reqwest::Client::new();
     for salt in 0..8u32 {
         let prompt: Vec<u32> = (0..1000).map(|i| (i * 7 + salt * 1009) % 3000 + 3).collect();
-        let r = client.post(format!("{}/v1/completions", early.router_http())).json(&json!({"prompt": prompt, "max_tokens": 2})).send().await.unwrap();
+        let r = client
+            .post(format!("{}/v1/completions", early.router_http()))
+            .json(&json!({"prompt": prompt, "max_tokens": 2}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         r.bytes().await.unwrap();
     }
     // The early router followed every event (and skipped the snapshots: it held their blocks).
-    let cached: Value = client.get(format!("{}/debug/kv_blocks", mocker.http())).send().await.unwrap().json().await.unwrap();
+    let cached: Value =
+        client.get(format!("{}/debug/kv_blocks", mocker.http())).send().await.unwrap().json().await.unwrap();
     let on_worker = cached["ranks"][0]["blocks"].as_array().map_or(0, Vec::len) as u64;
     assert!(on_worker > 0, "{cached}");
-    let settled = support::eventually(Duration::from_secs(10), || async { (cached_blocks(&client, &early).await == on_worker).then_some(()) }).await;
+    let settled = support::eventually(Duration::from_secs(10), || async {
+        (cached_blocks(&client, &early).await == on_worker).then_some(())
+    })
+    .await;
     assert!(settled.is_some(), "early router: {} blocks, worker {on_worker}", cached_blocks(&client, &early).await);
     // A router started now reads the snapshot and what followed: the same index, from fewer
     // events than the whole history.
     let late = router(&mocker, &nats.url, &dir, "late");
     let expected = blocks_of(dump(&client, &early).await);
     assert_eq!(expected.len() as u64, on_worker);
-    let same = support::eventually(Duration::from_secs(10), || async { (blocks_of(dump(&client, &late).await) == expected).then_some(()) }).await;
+    let same = support::eventually(Duration::from_secs(10), || async {
+        (blocks_of(dump(&client, &late).await) == expected).then_some(())
+    })
+    .await;
     assert!(same.is_some(), "late router's index differs: {:?} vs {expected:?}", blocks_of(dump(&client, &late).await));
     let (all, replayed) = (applied(&client, &early).await, applied(&client, &late).await);
-    assert!(replayed < all, "the late router applied {replayed} events, the whole history is {all}: nothing was compacted");
+    assert!(
+        replayed < all,
+        "the late router applied {replayed} events, the whole history is {all}: nothing was compacted"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -31,13 +31,31 @@ fn an_offline_replay_is_deterministic_and_reports_reuse() {
     let first = run();
     assert_eq!(first, run(), "same seed, same output");
     assert!(first.contains("completed 6"), "{first}");
-    let reuse: f64 = first.lines().find(|l| l.starts_with("prefix reuse")).unwrap().split_whitespace().nth(2).unwrap().parse().unwrap();
+    let reuse: f64 = first
+        .lines()
+        .find(|l| l.starts_with("prefix reuse"))
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
     // Turns 2 and 3 reuse their conversation's earlier blocks (the KV router keeps each
     // conversation on the worker that holds it): (512 + 1024) * 2 of (512 + 1024 + 1536) * 2.
     assert!((reuse - 0.5).abs() < 0.01, "{first}");
     let out_dir = dir.join("compare");
     let compare = Command::new(env!("CARGO_BIN_EXE_kvroute"))
-        .args(["replay", "--offline", "--compare", "--workers", "2", "--trace", trace.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
+        .args([
+            "replay",
+            "--offline",
+            "--compare",
+            "--workers",
+            "2",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(compare.status.success(), "{}", String::from_utf8_lossy(&compare.stderr));
@@ -46,7 +64,10 @@ fn an_offline_replay_is_deterministic_and_reports_reuse() {
         assert!(table.contains(setting), "{setting} missing from\n{table}");
     }
     assert_eq!(table, String::from_utf8(compare.stdout).unwrap());
-    let live = Command::new(env!("CARGO_BIN_EXE_kvroute")).args(["replay", "--trace", trace.to_str().unwrap()]).output().unwrap();
+    let live = Command::new(env!("CARGO_BIN_EXE_kvroute"))
+        .args(["replay", "--trace", trace.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!live.status.success());
     assert!(String::from_utf8_lossy(&live.stderr).contains("--offline"));
 }

@@ -38,11 +38,8 @@ fn write_trace(dir: &Path, conversations: u64, turns: u64) -> PathBuf {
 
 /// Run `kvroute <args>` to completion, killed (and the test failed) after `timeout`.
 fn run_bounded(args: &[&str], timeout: Duration) -> Output {
-    let mut child = support::kvroute(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kvroute starts");
+    let mut child =
+        support::kvroute(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("kvroute starts");
     let read = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -69,7 +66,8 @@ fn run_bounded(args: &[&str], timeout: Duration) -> Output {
 
 /// The first number after `label` on the summary line starting with it.
 fn summary_number(stdout: &str, label: &str) -> f64 {
-    let line = stdout.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label:?} line in\n{stdout}"));
+    let line =
+        stdout.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label:?} line in\n{stdout}"));
     line[label.len()..].split_whitespace().next().unwrap().parse().unwrap()
 }
 
@@ -109,7 +107,8 @@ fn a_live_replay_through_a_kv_router_completes_every_request_and_reuses_prefixes
     }
     assert!(summary_number(&stdout, "prefix reuse") > 0.0, "{stdout}");
 
-    let records: Vec<Value> = std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<Value> =
+        std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.len(), 20);
     let mut later_turns_cached = 0;
     for (i, r) in records.iter().enumerate() {
@@ -137,7 +136,10 @@ fn an_unreachable_target_counts_every_request_as_failed_and_exits_non_zero() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let target = format!("http://127.0.0.1:{port}");
-    let out = run_bounded(&["replay", "--trace", trace.to_str().unwrap(), "--target", &target, "--time-scale", "10"], Duration::from_secs(30));
+    let out = run_bounded(
+        &["replay", "--trace", trace.to_str().unwrap(), "--target", &target, "--time-scale", "10"],
+        Duration::from_secs(30),
+    );
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{stdout}");
     // The summary is still printed, the failures counted by kind, and the error says why.

@@ -14,7 +14,8 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(workers: usize, router_args: &[&str]) -> Stack {
-        let mockers: Vec<Process> = (0..workers).map(|_| support::mocker(&["--block-size", "16", "--speedup-ratio", "10"])).collect();
+        let mockers: Vec<Process> =
+            (0..workers).map(|_| support::mocker(&["--block-size", "16", "--speedup-ratio", "10"])).collect();
         let refs: Vec<&Process> = mockers.iter().collect();
         let router = support::kv_router(&refs, &[&["--block-size", "16", "--seed", "7"], router_args].concat());
         Stack { mockers, router, client: reqwest::Client::new() }
@@ -56,7 +57,8 @@ impl Stack {
     pub async fn wait_indexed_total(&self, blocks: u64) {
         let found = support::eventually(Duration::from_secs(10), || async {
             let w = self.workers().await;
-            let total: u64 = w["workers"].as_array().unwrap().iter().map(|w| w["ranks"][0]["cached_blocks"].as_u64().unwrap()).sum();
+            let total: u64 =
+                w["workers"].as_array().unwrap().iter().map(|w| w["ranks"][0]["cached_blocks"].as_u64().unwrap()).sum();
             (total >= blocks).then_some(())
         })
         .await;
@@ -67,7 +69,12 @@ impl Stack {
     pub async fn wait_indexed(&self, blocks: u64) {
         let found = support::eventually(Duration::from_secs(10), || async {
             let w = self.workers().await;
-            w["workers"].as_array().unwrap().iter().any(|w| w["ranks"][0]["cached_blocks"].as_u64().unwrap() >= blocks).then_some(())
+            w["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["ranks"][0]["cached_blocks"].as_u64().unwrap() >= blocks)
+                .then_some(())
         })
         .await;
         assert!(found.is_some(), "the router never indexed {blocks} blocks: {}", self.workers().await);
@@ -82,7 +89,13 @@ pub fn long_prompt(salt: u32) -> Vec<u32> {
 async fn a_repeated_prompt_goes_to_the_worker_that_cached_it() {
     let stack = Stack::new(2, &[]);
     let prompt = long_prompt(1);
-    let first = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 2})).send().await.unwrap();
+    let first = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .json(&json!({"prompt": prompt, "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status().as_u16(), 200);
     let first_worker = first.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
     assert_eq!(first.headers()["x-kvroute-overlap-blocks"], "0");
@@ -96,7 +109,13 @@ async fn a_repeated_prompt_goes_to_the_worker_that_cached_it() {
     assert_eq!(probe["request_blocks"], 64);
 
     for _ in 0..3 {
-        let again = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 2})).send().await.unwrap();
+        let again = stack
+            .client
+            .post(stack.url("/v1/completions"))
+            .json(&json!({"prompt": prompt, "max_tokens": 2}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(again.headers()["x-kvroute-worker"].to_str().unwrap(), first_worker);
         assert_eq!(again.headers()["x-kvroute-overlap-blocks"], "64");
         let body: Value = again.json().await.unwrap();
@@ -134,7 +153,13 @@ async fn a_dump_replayed_into_a_fresh_router_gives_the_same_answers() {
     let stack = Stack::new(2, &[]);
     let prompts: Vec<Vec<u32>> = (10..14).map(long_prompt).collect();
     for p in &prompts {
-        let r = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": p, "max_tokens": 1})).send().await.unwrap();
+        let r = stack
+            .client
+            .post(stack.url("/v1/completions"))
+            .json(&json!({"prompt": p, "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
         r.bytes().await.unwrap();
     }
     stack.wait_indexed_total(4 * 64).await;
@@ -143,7 +168,17 @@ async fn a_dump_replayed_into_a_fresh_router_gives_the_same_answers() {
 
     // A second router over the same workers (same worker ids), without event subscriptions.
     let urls: Vec<String> = stack.mockers.iter().map(|m| m.http()).collect();
-    let fresh = support::spawn(&["kv-router", "--http-port", "0", "--block-size", "16", "--worker", &urls[0], "--worker", &urls[1]]);
+    let fresh = support::spawn(&[
+        "kv-router",
+        "--http-port",
+        "0",
+        "--block-size",
+        "16",
+        "--worker",
+        &urls[0],
+        "--worker",
+        &urls[1],
+    ]);
     let client = reqwest::Client::new();
     let posted = client.post(format!("{}/events", fresh.router_http())).json(&dump).send().await.unwrap();
     assert_eq!(posted.status().as_u16(), 200);
@@ -151,7 +186,15 @@ async fn a_dump_replayed_into_a_fresh_router_gives_the_same_answers() {
     assert_eq!(posted["rejected"], json!([]));
     for p in &prompts {
         let (_, a) = stack.post("/best_worker", json!({"token_ids": p})).await;
-        let b: Value = client.post(format!("{}/best_worker", fresh.router_http())).json(&json!({"token_ids": p})).send().await.unwrap().json().await.unwrap();
+        let b: Value = client
+            .post(format!("{}/best_worker", fresh.router_http()))
+            .json(&json!({"token_ids": p}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!((&a["worker_id"], &a["overlap_blocks"]), (&b["worker_id"], &b["overlap_blocks"]));
         assert!(a["overlap_blocks"].as_u64().unwrap() > 0);
     }
@@ -176,12 +219,26 @@ async fn bad_input_is_refused_and_changes_nothing() {
         assert_eq!(got, status, "{path} {body} → {err}");
         assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
     }
-    let raw = stack.client.post(stack.url("/best_worker")).body("{").header("content-type", "application/json").send().await.unwrap();
+    let raw = stack
+        .client
+        .post(stack.url("/best_worker"))
+        .body("{")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(raw.status().as_u16(), 400);
     // Its own connection: the server closes it after refusing the unread body.
     let huge = reqwest::Client::new().post(stack.url("/best_worker")).body(vec![b' '; 200_000]).send().await.unwrap();
     assert_eq!(huge.status().as_u16(), 413);
-    let forced = stack.client.post(stack.url("/v1/completions")).header("x-worker-instance-id", "abc").json(&json!({"prompt": "hi"})).send().await.unwrap();
+    let forced = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .header("x-worker-instance-id", "abc")
+        .json(&json!({"prompt": "hi"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forced.status().as_u16(), 400);
     assert_eq!(stack.total_load().await, (0, 0, 0));
 }
@@ -193,7 +250,13 @@ async fn a_long_text_prompt_is_routed_like_its_token_ids() {
     let text: String = (0..5000).map(|i| format!("w{} ", i % 613)).collect();
     assert!(text.len() > 16 * 1024);
     let ids = kvroute_tokenizer::Tokenizer::builtin().encode(&text).unwrap();
-    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": text, "max_tokens": 1})).send().await.unwrap();
+    let served = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .json(&json!({"prompt": text, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served.status().as_u16(), 200);
     let worker = served.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
     served.bytes().await.unwrap();
@@ -217,7 +280,13 @@ async fn the_next_turn_of_a_long_conversation_is_tokenized_from_where_it_changes
     let stack = Stack::new(2, &[]);
     let tokenizer = kvroute_tokenizer::Tokenizer::builtin();
     let turn1: String = (0..900).map(|i| format!("Line {i}: the router keeps {} blocks.\n", i * 37 % 1000)).collect();
-    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": turn1, "max_tokens": 1})).send().await.unwrap();
+    let served = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .json(&json!({"prompt": turn1, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served.status().as_u16(), 200);
     let worker = served.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
     served.bytes().await.unwrap();
@@ -244,11 +313,18 @@ async fn a_query_about_a_long_text_tokenizes_only_a_little_past_what_a_worker_ho
     let tokenizer = kvroute_tokenizer::Tokenizer::builtin();
     let tokenized = || stack.metric(r#"kvroute_router_prompt_tokens_total{source="tokenized"}"#);
     let doc: String = (0..1000).map(|i| format!("Line {i}: the router keeps {} blocks.\n", i * 37 % 1000)).collect();
-    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": doc, "max_tokens": 1})).send().await.unwrap();
+    let served = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .json(&json!({"prompt": doc, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     let worker = served.headers()["x-kvroute-worker"].to_str().unwrap().to_owned();
     served.bytes().await.unwrap();
     stack.wait_indexed((tokenizer.encode(&doc).unwrap().len() / 16) as u64).await;
-    let fresh = |salt: u32| -> String { (0..2000).map(|i| format!("Row {salt}-{i}: {} cells. ", i * 13 % 997)).collect() };
+    let fresh =
+        |salt: u32| -> String { (0..2000).map(|i| format!("Row {salt}-{i}: {} cells. ", i * 13 % 997)).collect() };
 
     for (text, cached) in [(format!("{doc}{}", fresh(1)), true), (fresh(2), false)] {
         let ids = tokenizer.encode(&text).unwrap();
@@ -262,7 +338,10 @@ async fn a_query_about_a_long_text_tokenizes_only_a_little_past_what_a_worker_ho
         let (estimate, blocks) = (by_text["request_blocks"].as_f64().unwrap(), (ids.len() / 16) as f64);
         assert!((estimate - blocks).abs() < blocks * 0.1, "{estimate} blocks estimated, {blocks} in fact");
         if cached {
-            assert_eq!((by_text["worker_id"].to_string(), by_ids["worker_id"].to_string()), (worker.clone(), worker.clone()));
+            assert_eq!(
+                (by_text["worker_id"].to_string(), by_ids["worker_id"].to_string()),
+                (worker.clone(), worker.clone())
+            );
             assert!(by_ids["overlap_blocks"].as_u64().unwrap() > 100, "{by_ids}");
         } else {
             assert_eq!(by_ids["overlap_blocks"], 0);
@@ -273,7 +352,13 @@ async fn a_query_about_a_long_text_tokenizes_only_a_little_past_what_a_worker_ho
     // The request after the first query tokenizes from where the query stopped, not again.
     let text = format!("{doc}{}", fresh(1));
     let resumed = stack.metric(r#"kvroute_router_prompt_tokenizations_total{how="resumed"}"#).await;
-    let served = stack.client.post(stack.url("/v1/completions")).json(&json!({"prompt": text, "max_tokens": 1})).send().await.unwrap();
+    let served = stack
+        .client
+        .post(stack.url("/v1/completions"))
+        .json(&json!({"prompt": text, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served.status().as_u16(), 200);
     assert_eq!(served.headers()["x-kvroute-worker"].to_str().unwrap(), worker);
     served.bytes().await.unwrap();
@@ -289,7 +374,9 @@ async fn recording_worker() -> (String, std::sync::Arc<std::sync::Mutex<Vec<byte
         "/v1/completions",
         post(move |body: bytes::Bytes| async move {
             record.lock().unwrap().push(body);
-            axum::Json(json!({"object": "text_completion", "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}))
+            axum::Json(
+                json!({"object": "text_completion", "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}),
+            )
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -40,7 +40,8 @@ async fn a_pool_with_two_router_replicas_on_nats_shares_load_and_events_behind_t
     std::fs::write(&file, stack).unwrap();
     let up = support::spawn(&["up", file.to_str().unwrap()]);
     let pool = &up.ready["up"]["pools"][0];
-    let routers: Vec<String> = pool["routers"].as_array().expect("routers listed").iter().map(|u| u.as_str().unwrap().to_owned()).collect();
+    let routers: Vec<String> =
+        pool["routers"].as_array().expect("routers listed").iter().map(|u| u.as_str().unwrap().to_owned()).collect();
     assert_eq!(routers.len(), 2, "{pool}");
     assert_eq!(pool["router"], routers[0].as_str());
     let client = reqwest::Client::new();
@@ -53,11 +54,19 @@ async fn a_pool_with_two_router_replicas_on_nats_shares_load_and_events_behind_t
     }
     // A request tracked by one replica weighs on the other.
     let long: Vec<u32> = (0..1024).map(|i| i % 3000 + 5).collect();
-    let routed = support::post_json(&client, &format!("{}/best_worker", routers[0]), &json!({"token_ids": long, "request_id": "x"})).await;
+    let routed = support::post_json(
+        &client,
+        &format!("{}/best_worker", routers[0]),
+        &json!({"token_ids": long, "request_id": "x"}),
+    )
+    .await;
     let worker = routed["worker_id"].as_u64().unwrap();
     let counted = support::eventually(Duration::from_secs(10), || async {
-        let w: serde_json::Value = client.get(format!("{}/workers", routers[1])).send().await.unwrap().json().await.unwrap();
-        let load = w["workers"].as_array().unwrap().iter().find(|w| w["worker_id"].as_u64() == Some(worker))?["ranks"][0]["load"].clone();
+        let w: serde_json::Value =
+            client.get(format!("{}/workers", routers[1])).send().await.unwrap().json().await.unwrap();
+        let load = w["workers"].as_array().unwrap().iter().find(|w| w["worker_id"].as_u64() == Some(worker))?["ranks"]
+            [0]["load"]
+            .clone();
         (load["active_prefill_tokens"].as_u64() == Some(1024)).then_some(())
     })
     .await;
@@ -72,7 +81,11 @@ async fn a_pool_with_two_router_replicas_on_nats_shares_load_and_events_behind_t
     first.bytes().await.unwrap();
     let found = support::eventually(Duration::from_secs(10), || async {
         let r = client.post(format!("{global}/v1/completions")).json(&body).send().await.unwrap();
-        let overlap = r.headers().get("x-kvroute-overlap-blocks").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+        let overlap = r
+            .headers()
+            .get("x-kvroute-overlap-blocks")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok());
         r.bytes().await.unwrap();
         (overlap == Some(40)).then_some(())
     })

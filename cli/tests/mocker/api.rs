@@ -52,8 +52,17 @@ async fn chat_streams_sse_chunks_ending_with_done() {
         "messages": [{"role": "user", "content": "Tell me about KV caches."}],
         "max_tokens": 5, "stream": true, "stream_options": {"include_usage": true},
     });
-    let text = client.post(format!("{}/v1/chat/completions", m.http())).json(&body).send().await.unwrap().text().await.unwrap();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").expect("data line")).collect();
+    let text = client
+        .post(format!("{}/v1/chat/completions", m.http()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> =
+        text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").expect("data line")).collect();
     assert_eq!(*events.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert_eq!(chunks.len(), 6, "5 tokens and a usage chunk");
@@ -88,7 +97,8 @@ async fn bad_requests_get_openai_errors() {
     }
     let raw = client.post(&url).body("{not json").header("content-type", "application/json").send().await.unwrap();
     assert_eq!(raw.status().as_u16(), 400);
-    let bad_rank = client.post(&url).header("X-Data-Parallel-Rank", "7").json(&json!({"prompt": "hi"})).send().await.unwrap();
+    let bad_rank =
+        client.post(&url).header("X-Data-Parallel-Rank", "7").json(&json!({"prompt": "hi"})).send().await.unwrap();
     assert_eq!(bad_rank.status().as_u16(), 400);
 }
 
@@ -104,9 +114,17 @@ async fn models_health_and_metrics_answer() {
         post(&client, format!("{}/v1/completions", m.http()), json!({"prompt": prompt, "max_tokens": 1})).await;
     }
     let metrics = client.get(format!("{}/metrics", m.http())).send().await.unwrap().text().await.unwrap();
-    for name in ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:gpu_prefix_cache_hit_rate"] {
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_prefix_cache_hit_rate",
+    ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
     assert!(metrics.contains(r#"vllm:prefix_cache_hits{engine="0",model_name="mock-a"} 48"#), "{metrics}");
-    assert!(metrics.contains(r#"vllm:request_success_total{finished_reason="length",model_name="mock-a"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"vllm:request_success_total{finished_reason="length",model_name="mock-a"} 2"#),
+        "{metrics}"
+    );
 }

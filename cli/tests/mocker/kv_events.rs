@@ -53,7 +53,11 @@ impl EventLog {
         request.push_back(Bytes::copy_from_slice(&from.to_be_bytes()));
         dealer.send(request).await.expect("replay request sent");
         loop {
-            let frames = tokio::time::timeout(Duration::from_secs(5), dealer.recv()).await.expect("replay answers").unwrap().into_vec();
+            let frames = tokio::time::timeout(Duration::from_secs(5), dealer.recv())
+                .await
+                .expect("replay answers")
+                .unwrap()
+                .into_vec();
             let (seq, payload) = (&frames[frames.len() - 2], &frames[frames.len() - 1]);
             if payload.is_empty() {
                 break;
@@ -115,7 +119,12 @@ async fn events_rebuild_exactly_the_cached_blocks_and_an_index_that_matches() {
         prompts.push(p);
     }
     for p in &prompts {
-        let r = client.post(format!("{}/v1/completions", m.http())).json(&json!({"prompt": p, "max_tokens": 2})).send().await.unwrap();
+        let r = client
+            .post(format!("{}/v1/completions", m.http()))
+            .json(&json!({"prompt": p, "max_tokens": 2}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
     let expected = cached_blocks(&client, &m.http()).await;
@@ -125,7 +134,8 @@ async fn events_rebuild_exactly_the_cached_blocks_and_an_index_that_matches() {
         log.pump(Duration::from_millis(100)).await;
     }
     assert_eq!(log.mirror(), expected, "the events add up to the blocks the mocker holds");
-    let removed = log.batches.iter().flat_map(|(_, b)| &b.events).any(|e| matches!(e, EngineEvent::BlockRemoved { .. }));
+    let removed =
+        log.batches.iter().flat_map(|(_, b)| &b.events).any(|e| matches!(e, EngineEvent::BlockRemoved { .. }));
     assert!(removed, "the small cache evicted, and said so");
 
     // An index fed with the decoded events finds the last prompt's cached prefix on the worker.
@@ -140,7 +150,9 @@ async fn events_rebuild_exactly_the_cached_blocks_and_an_index_that_matches() {
     let last = prompts.last().unwrap();
     let local = block_hashes(last, BS, HashSeed::default());
     let overlap = index.find_matches(&local).iter().find(|o| o.worker == worker).map_or(0, |o| o.blocks);
-    let engine_cached = support::post_json(&client, &format!("{}/v1/completions", m.http()), &json!({"prompt": last, "max_tokens": 1})).await;
+    let engine_cached =
+        support::post_json(&client, &format!("{}/v1/completions", m.http()), &json!({"prompt": last, "max_tokens": 1}))
+            .await;
     let cached_tokens = engine_cached["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() as usize;
     assert_eq!(overlap as usize, last.len() / BS, "the last prompt's full blocks are all cached");
     // The engine always recomputes at least one token, so it serves all but the last full block.
@@ -198,7 +210,12 @@ async fn resetting_the_prefix_cache_is_published_as_cleared() {
     let client = reqwest::Client::new();
     let mut log = EventLog::connect(&m.kv_events(0), &m.kv_replay(0)).await;
     let prompt: Vec<u32> = (0..100).collect();
-    client.post(format!("{}/v1/completions", m.http())).json(&json!({"prompt": prompt, "max_tokens": 1})).send().await.unwrap();
+    client
+        .post(format!("{}/v1/completions", m.http()))
+        .json(&json!({"prompt": prompt, "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while log.mirror().len() < 6 && std::time::Instant::now() < deadline {
         log.pump(Duration::from_millis(100)).await;

@@ -26,7 +26,8 @@ impl Drop for Process {
 impl Process {
     /// Send the process a signal by name (`TERM`, `INT`, ...).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("kill runs");
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("kill runs");
         assert!(status.success(), "kill -{name} failed");
     }
 
@@ -54,11 +55,7 @@ pub fn kvroute(args: &[&str]) -> Command {
 
 /// Run `kvroute <args>` and wait (bounded) for its ready line on stdout.
 pub fn spawn(args: &[&str]) -> Process {
-    let mut child = kvroute(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("kvroute starts");
+    let mut child = kvroute(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("kvroute starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -122,10 +119,22 @@ pub fn kv_router(workers: &[&Process], extra: &[&str]) -> Process {
     static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = std::env::temp_dir().join(format!("kvroute-test-router-{}-{n}.yaml", std::process::id()));
-    let entries: Vec<String> =
-        workers.iter().map(|w| format!("  - {{url: {}, kv_events: [{}], kv_replay: [{}]}}\n", w.http(), w.kv_events(0), w.kv_replay(0))).collect();
+    let entries: Vec<String> = workers
+        .iter()
+        .map(|w| {
+            format!("  - {{url: {}, kv_events: [{}], kv_replay: [{}]}}\n", w.http(), w.kv_events(0), w.kv_replay(0))
+        })
+        .collect();
     std::fs::write(&file, format!("workers:\n{}", entries.concat())).expect("router config written");
-    let mut args: Vec<&str> = vec!["kv-router", "--http-port", "0", "--health-interval-ms", "200", "--config", file.to_str().expect("utf-8 path")];
+    let mut args: Vec<&str> = vec![
+        "kv-router",
+        "--http-port",
+        "0",
+        "--health-interval-ms",
+        "200",
+        "--config",
+        file.to_str().expect("utf-8 path"),
+    ];
     args.extend_from_slice(extra);
     let router = spawn(&args);
     let _ = std::fs::remove_file(&file);
@@ -153,9 +162,20 @@ pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> Val
 /// name with its labels as printed (`kvroute_x_total{how="resumed"}`), or without them for the
 /// first sample of that name.
 pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let text = client.get(format!("{base}/metrics")).send().await.expect("metrics answered").text().await.expect("metrics text");
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics text");
     let sample = |n: &str| n == name || n.strip_prefix(name).is_some_and(|labels| labels.starts_with('{'));
-    text.lines().filter_map(|l| l.rsplit_once(' ')).find(|(n, _)| sample(n)).and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0)
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(n, _)| sample(n))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A `nats-server` with JetStream on an ephemeral loopback port, killed (and its storage
@@ -200,10 +220,16 @@ pub fn nats_server_on(port: u16) -> Option<NatsServer> {
 /// Start nats-server with JetStream on `port`, with `config` (nats-server's config file
 /// syntax) if given.
 fn start_nats(port: &str, config: Option<&str>) -> Option<NatsServer> {
-    let candidates = std::env::var("NATS_SERVER_BIN").into_iter().chain(["nats-server".to_owned(), "/usr/sbin/nats-server".to_owned()]);
-    let binary = candidates.into_iter().find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let candidates = std::env::var("NATS_SERVER_BIN")
+        .into_iter()
+        .chain(["nats-server".to_owned(), "/usr/sbin/nats-server".to_owned()]);
+    let binary =
+        candidates.into_iter().find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
     let Some(binary) = binary else {
-        assert!(std::env::var_os("KVROUTE_REQUIRE_NATS").is_none(), "nats-server not found (set NATS_SERVER_BIN, or run ./scripts/test, which installs it)");
+        assert!(
+            std::env::var_os("KVROUTE_REQUIRE_NATS").is_none(),
+            "nats-server not found (set NATS_SERVER_BIN, or run ./scripts/test, which installs it)"
+        );
         eprintln!("skipped: nats-server not found (./scripts/test installs it)");
         return None;
     };

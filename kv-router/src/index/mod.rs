@@ -248,7 +248,8 @@ impl KvIndex {
     /// synthetic parent chain stored then removed), parents before children: applying them to an
     /// empty index rebuilds this one.
     pub fn dump_events(&self) -> Vec<RouterEvent> {
-        let live = self.workers.iter().enumerate().filter_map(|(w, e)| e.as_ref().map(|e| (w as u32, e.worker, &e.blocks)));
+        let live =
+            self.workers.iter().enumerate().filter_map(|(w, e)| e.as_ref().map(|e| (w as u32, e.worker, &e.blocks)));
         dump::dump_events(&self.tree, live)
     }
 
@@ -290,7 +291,12 @@ impl KvIndex {
         w
     }
 
-    fn apply_stored(&mut self, w: u32, parent: Option<EngineBlockHash>, blocks: &[StoredBlock]) -> Result<(), IndexError> {
+    fn apply_stored(
+        &mut self,
+        w: u32,
+        parent: Option<EngineBlockHash>,
+        blocks: &[StoredBlock],
+    ) -> Result<(), IndexError> {
         let worker = self.entry(w).worker;
         let start = match parent {
             None => self.tree.root_cursor(),

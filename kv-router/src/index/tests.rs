@@ -16,7 +16,10 @@ fn stored(worker: Worker, parent: Option<u64>, blocks: &[(u64, u64)]) -> RouterE
             parent_hash: parent.map(EngineBlockHash),
             blocks: blocks
                 .iter()
-                .map(|&(name, local)| StoredBlock { block_hash: EngineBlockHash(name), tokens_hash: LocalBlockHash(local) })
+                .map(|&(name, local)| StoredBlock {
+                    block_hash: EngineBlockHash(name),
+                    tokens_hash: LocalBlockHash(local),
+                })
                 .collect(),
         }),
     )
@@ -26,7 +29,9 @@ fn removed(worker: Worker, names: &[u64]) -> RouterEvent {
     RouterEvent::new(
         worker,
         0,
-        KvCacheEventData::Removed(KvCacheRemoveData { block_hashes: names.iter().map(|&n| EngineBlockHash(n)).collect() }),
+        KvCacheEventData::Removed(KvCacheRemoveData {
+            block_hashes: names.iter().map(|&n| EngineBlockHash(n)).collect(),
+        }),
     )
 }
 
@@ -205,14 +210,34 @@ fn dump_rebuilds_an_identical_index() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Store { worker: usize, parent: Option<u64>, blocks: Vec<(u64, u64)> },
-    StoreLong { worker: usize, first_name: u64, len: usize, branch: u64 },
+    Store {
+        worker: usize,
+        parent: Option<u64>,
+        blocks: Vec<(u64, u64)>,
+    },
+    StoreLong {
+        worker: usize,
+        first_name: u64,
+        len: usize,
+        branch: u64,
+    },
     /// Many one-block branches at one position (the root, or after block 10), more than a
     /// run scans before it keeps a map of its branches.
-    Fan { worker: usize, width: u64, from_root: bool },
-    Remove { worker: usize, names: Vec<u64> },
-    Clear { worker: usize },
-    RemoveWorker { worker_id: u64 },
+    Fan {
+        worker: usize,
+        width: u64,
+        from_root: bool,
+    },
+    Remove {
+        worker: usize,
+        names: Vec<u64>,
+    },
+    Clear {
+        worker: usize,
+    },
+    RemoveWorker {
+        worker_id: u64,
+    },
 }
 
 const WORKERS: [Worker; 4] = [Worker::new(1, 0), Worker::new(1, 1), Worker::new(2, 0), Worker::new(3, 0)];
@@ -237,9 +262,8 @@ fn events_of(op: &Op) -> Vec<RouterEvent> {
         Op::Store { worker, parent, blocks } => vec![stored(WORKERS[*worker], *parent, blocks)],
         Op::StoreLong { worker, first_name, len, branch } => {
             // A long chain, stored in events of up to 100 blocks, branching from a shared path.
-            let blocks: Vec<(u64, u64)> = (0..*len as u64)
-                .map(|i| (first_name + i, if i == 300 { 50 + branch } else { 10 + i % 7 }))
-                .collect();
+            let blocks: Vec<(u64, u64)> =
+                (0..*len as u64).map(|i| (first_name + i, if i == 300 { 50 + branch } else { 10 + i % 7 })).collect();
             let mut out = Vec::new();
             let mut parent = None;
             for chunk in blocks.chunks(100) {
@@ -250,7 +274,8 @@ fn events_of(op: &Op) -> Vec<RouterEvent> {
         }
         Op::Fan { worker, width, from_root } => {
             let parent = (!from_root).then(|| stored(WORKERS[*worker], None, &[(4000, 10)]));
-            let leaves = (0..*width).map(|i| stored(WORKERS[*worker], (!from_root).then_some(4000), &[(5000 + i, 20 + i)]));
+            let leaves =
+                (0..*width).map(|i| stored(WORKERS[*worker], (!from_root).then_some(4000), &[(5000 + i, 20 + i)]));
             parent.into_iter().chain(leaves).collect()
         }
         Op::Remove { worker, names } => vec![removed(WORKERS[*worker], names)],
@@ -343,7 +368,8 @@ fn readers_answer_exactly_for_untouched_blocks_while_events_apply() {
     for ev in chain(A, 0, &locals, None) {
         index.apply_event(&ev).unwrap();
     }
-    let queries: Vec<Vec<LocalBlockHash>> = vec![q(&locals), q(&locals[..250]), q(&[&locals[..130], &[7, 8, 9]].concat())];
+    let queries: Vec<Vec<LocalBlockHash>> =
+        vec![q(&locals), q(&locals[..250]), q(&[&locals[..130], &[7, 8, 9]].concat())];
     let expected_a = [600, 250, 130];
     let reader = index.reader();
     let done = AtomicBool::new(false);
@@ -362,7 +388,11 @@ fn readers_answer_exactly_for_untouched_blocks_while_events_apply() {
                             assert_eq!(a, vec![want], "A's overlap while events apply");
                             for o in answer.iter().filter(|o| o.worker != A) {
                                 assert!(o.blocks <= 250, "{} cannot hold more than 250 blocks of the query", o.worker);
-                                assert!(o.worker == B || o.worker.worker_id >= 100, "unknown worker {} in an answer", o.worker);
+                                assert!(
+                                    o.worker == B || o.worker.worker_id >= 100,
+                                    "unknown worker {} in an answer",
+                                    o.worker
+                                );
                             }
                             answered += 1;
                         }

@@ -89,14 +89,16 @@ impl ActiveSequences {
 
     /// The request's prefill is done: its prompt tokens stop counting as prefill load.
     pub fn mark_prefill_complete(&mut self, request_id: &str) -> Result<(), LoadError> {
-        let request = self.requests.get_mut(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
+        let request =
+            self.requests.get_mut(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
         prefill_done(&mut self.workers, request);
         Ok(())
     }
 
     /// The request finished (or failed, or its client left): release everything it held.
     pub fn free(&mut self, request_id: &str) -> Result<ActiveRequest, LoadError> {
-        let request = self.requests.remove(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
+        let request =
+            self.requests.remove(request_id).ok_or_else(|| LoadError::UnknownRequest(request_id.to_owned()))?;
         if let Some(state) = self.workers.get_mut(&request.worker) {
             release(state, &request);
         }
@@ -105,7 +107,14 @@ impl ActiveSequences {
 
     /// Track a request another replica routed (its id is that replica's). A repeated id
     /// replaces the earlier request.
-    pub fn add_replica_request(&mut self, replica: &str, request_id: &str, worker: Worker, prefill_tokens: u64, blocks: &[SequenceHash]) {
+    pub fn add_replica_request(
+        &mut self,
+        replica: &str,
+        request_id: &str,
+        worker: Worker,
+        prefill_tokens: u64,
+        blocks: &[SequenceHash],
+    ) {
         self.free_replica_request(replica, request_id);
         let request = occupy(&mut self.workers, worker, prefill_tokens, blocks);
         self.replicas.entry(replica.to_owned()).or_default().insert(request_id.to_owned(), request);
@@ -165,7 +174,8 @@ impl ActiveSequences {
     /// of this replica's requests that were dropped.
     pub fn remove_worker(&mut self, worker_id: u64) -> Vec<String> {
         self.workers.retain(|w, _| w.worker_id != worker_id);
-        let dropped: Vec<String> = self.requests.iter().filter(|(_, r)| r.worker.worker_id == worker_id).map(|(id, _)| id.clone()).collect();
+        let dropped: Vec<String> =
+            self.requests.iter().filter(|(_, r)| r.worker.worker_id == worker_id).map(|(id, _)| id.clone()).collect();
         for id in &dropped {
             self.requests.remove(id);
         }
@@ -208,7 +218,12 @@ impl ActiveSequences {
 }
 
 /// Count a new request against `worker`.
-fn occupy(workers: &mut FxHashMap<Worker, WorkerState>, worker: Worker, prefill_tokens: u64, blocks: &[SequenceHash]) -> ActiveRequest {
+fn occupy(
+    workers: &mut FxHashMap<Worker, WorkerState>,
+    worker: Worker,
+    prefill_tokens: u64,
+    blocks: &[SequenceHash],
+) -> ActiveRequest {
     let state = workers.entry(worker).or_default();
     state.prefill_tokens += prefill_tokens;
     state.requests += 1;
@@ -274,7 +289,10 @@ mod tests {
     fn add_counts_prefill_and_blocks_until_freed() {
         let mut a = ActiveSequences::new();
         a.add_request("r1", W, 100, &hashes(&[1, 2, 3])).unwrap();
-        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 100, active_blocks: 3, active_requests: 1, prefilling_requests: 1 });
+        assert_eq!(
+            a.load(W),
+            WorkerLoad { active_prefill_tokens: 100, active_blocks: 3, active_requests: 1, prefilling_requests: 1 }
+        );
         a.mark_prefill_complete("r1").unwrap();
         assert_eq!(a.load(W).active_prefill_tokens, 0);
         assert_eq!(a.load(W).prefilling_requests, 0);
@@ -310,7 +328,10 @@ mod tests {
         assert_eq!(a.add_request("r1", W, 7, &hashes(&[2])), Err(LoadError::DuplicateRequest("r1".into())));
         assert_eq!(a.free("nope"), Err(LoadError::UnknownRequest("nope".into())));
         assert_eq!(a.mark_prefill_complete("nope"), Err(LoadError::UnknownRequest("nope".into())));
-        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1, prefilling_requests: 1 });
+        assert_eq!(
+            a.load(W),
+            WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1, prefilling_requests: 1 }
+        );
         // Completing prefill twice does not subtract twice.
         a.mark_prefill_complete("r1").unwrap();
         a.mark_prefill_complete("r1").unwrap();
@@ -337,10 +358,16 @@ mod tests {
         let mut a = ActiveSequences::new();
         a.add_request("r1", W, 100, &hashes(&[1, 2])).unwrap();
         a.add_replica_request("B", "r1", W, 50, &hashes(&[1, 3]));
-        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 150, active_blocks: 3, active_requests: 2, prefilling_requests: 2 });
+        assert_eq!(
+            a.load(W),
+            WorkerLoad { active_prefill_tokens: 150, active_blocks: 3, active_requests: 2, prefilling_requests: 2 }
+        );
         // Same id, other owner: this replica's calls reach only its own request.
         a.free("r1").unwrap();
-        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 50, active_blocks: 2, active_requests: 1, prefilling_requests: 1 });
+        assert_eq!(
+            a.load(W),
+            WorkerLoad { active_prefill_tokens: 50, active_blocks: 2, active_requests: 1, prefilling_requests: 1 }
+        );
         assert!(a.replica_prefill_complete("B", "r1"));
         assert_eq!(a.load(W).active_prefill_tokens, 0);
         assert!(!a.replica_prefill_complete("C", "r1"));
@@ -360,7 +387,10 @@ mod tests {
         assert_eq!(a.load(Worker::new(2, 0)).active_prefill_tokens, 30);
         assert_eq!(a.forget_replica("B"), 2);
         assert_eq!(a.load(Worker::new(2, 0)), WorkerLoad::default());
-        assert_eq!(a.load(W), WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1, prefilling_requests: 1 });
+        assert_eq!(
+            a.load(W),
+            WorkerLoad { active_prefill_tokens: 5, active_blocks: 1, active_requests: 1, prefilling_requests: 1 }
+        );
         a.remove_worker(1);
         assert_eq!(a.replica_request_count(), 0);
         assert_eq!(a.forget_replica("C"), 0);

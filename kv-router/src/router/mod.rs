@@ -25,7 +25,9 @@ use thiserror::Error;
 use crate::index::{IndexError, IndexReader, KvIndex, Overlap};
 use crate::load::{ActiveSequences, LoadError, WorkerLoad};
 use crate::replicas::{LoadUpdate, ReplicaLoads};
-use crate::select::{choose, costs, least_loaded, Candidate, CostModel, ConfigError, KvRouterConfig, RouterConfigOverride, RouterMode};
+use crate::select::{
+    choose, costs, least_loaded, Candidate, ConfigError, CostModel, KvRouterConfig, RouterConfigOverride, RouterMode,
+};
 
 /// A request cut into blocks: what every routing call needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -385,7 +387,8 @@ impl<R: Rng, I: CacheView> KvRouter<R, I> {
         let mut cost_of_choice = None;
         let i = match config.router_mode {
             RouterMode::Kv => {
-                let (i, costs) = choose(&pool, request.isl_tokens, &config, &mut self.rng).ok_or(RouteError::NoWorkers)?;
+                let (i, costs) =
+                    choose(&pool, request.isl_tokens, &config, &mut self.rng).ok_or(RouteError::NoWorkers)?;
                 cost_of_choice = Some(costs[i]);
                 i
             }
@@ -462,7 +465,13 @@ impl<R, I> ReplicaLoads for KvRouter<R, I> {
         match update {
             LoadUpdate::Routed { request_id, worker_id, dp_rank, prefill_tokens, blocks } => {
                 let blocks: Vec<SequenceHash> = blocks.iter().map(|&h| SequenceHash(h)).collect();
-                self.active.add_replica_request(replica, request_id, Worker::new(*worker_id, *dp_rank), *prefill_tokens, &blocks);
+                self.active.add_replica_request(
+                    replica,
+                    request_id,
+                    Worker::new(*worker_id, *dp_rank),
+                    *prefill_tokens,
+                    &blocks,
+                );
             }
             LoadUpdate::MoreBlocks { request_id, blocks } => {
                 let blocks: Vec<SequenceHash> = blocks.iter().map(|&h| SequenceHash(h)).collect();

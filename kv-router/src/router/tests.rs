@@ -1,9 +1,9 @@
 //! KvRouter behaviour: routing follows the cache, tracking follows the lifecycle.
 
 use super::*;
-use rand::rngs::SmallRng;
 use crate::select::{CostModel, RouterMode};
 use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, KvCacheStoreData, StoredBlock};
+use rand::rngs::SmallRng;
 
 const BS: u32 = 4;
 const A: Worker = Worker::new(1, 0);
@@ -56,8 +56,16 @@ fn a_router_reading_an_index_applied_elsewhere_routes_like_one_that_owns_it() {
     }
     let both = |tokens: &[u32], reading: &mut KvRouter<SmallRng, IndexReader>, owning: &mut KvRouter| {
         let req = BlockedRequest::from_tokens(tokens, BS, HashSeed::default());
-        let (r, o) = (reading.best_worker(&req, RouteOptions::default()).unwrap(), owning.best_worker(&req, RouteOptions::default()).unwrap());
-        assert_eq!((r.worker, r.overlap_blocks, r.cost), (o.worker, o.overlap_blocks, o.cost), "prompt of {} tokens", tokens.len());
+        let (r, o) = (
+            reading.best_worker(&req, RouteOptions::default()).unwrap(),
+            owning.best_worker(&req, RouteOptions::default()).unwrap(),
+        );
+        assert_eq!(
+            (r.worker, r.overlap_blocks, r.cost),
+            (o.worker, o.overlap_blocks, o.cost),
+            "prompt of {} tokens",
+            tokens.len()
+        );
         assert_eq!(reading.candidates(&req), owning.candidates(&req), "the same figures, block counts included");
         r
     };
@@ -90,7 +98,7 @@ fn a_request_known_only_by_its_beginning_counts_the_rest_as_cached_nowhere() {
     let mut r = router();
     let tokens = prompt(64, 1);
     cached(&mut r, B, &tokens[..24]); // 6 blocks on B
-    // The first 40 tokens known (10 blocks), 100 in all (25 blocks).
+                                      // The first 40 tokens known (10 blocks), 100 in all (25 blocks).
     let beginning = BlockedRequest::from_beginning(&tokens[..40], 100, BS, HashSeed::default());
     assert_eq!((beginning.local.len(), beginning.unhashed_blocks, beginning.blocks()), (10, 15, 25));
     assert_eq!(r.known_prefix_blocks(&beginning), 6);
@@ -145,7 +153,9 @@ fn forced_worker_is_honoured_and_tracked_unknown_is_ignored() {
     cached(&mut r, B, &tokens);
     let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
     let forced = ForcedWorker { worker_id: 1, dp_rank: None };
-    let routed = r.best_worker(&req, RouteOptions { request_id: Some("f"), forced: Some(forced), ..Default::default() }).unwrap();
+    let routed = r
+        .best_worker(&req, RouteOptions { request_id: Some("f"), forced: Some(forced), ..Default::default() })
+        .unwrap();
     assert_eq!((routed.worker, routed.forced), (A, Some(Forced::Honoured)));
     assert_eq!(r.load(A).active_requests, 1);
 
@@ -162,16 +172,28 @@ fn override_changes_the_trade_off() {
     cached(&mut r, B, &tokens);
     // B is busy decoding a lot; A is idle.
     let busy = BlockedRequest::from_tokens(&prompt(400, 9), BS, HashSeed::default());
-    r.best_worker(&busy, RouteOptions { request_id: Some("busy"), forced: Some(ForcedWorker { worker_id: 2, dp_rank: Some(0) }), ..Default::default() }).unwrap();
+    r.best_worker(
+        &busy,
+        RouteOptions {
+            request_id: Some("busy"),
+            forced: Some(ForcedWorker { worker_id: 2, dp_rank: Some(0) }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     r.mark_prefill_complete("busy").unwrap();
     let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
     let as_dynamo = RouteOptions { config_override: Some(&dynamo), ..Default::default() };
     assert_eq!(r.best_worker(&req, as_dynamo).unwrap().worker, A, "100 decode blocks outweigh a 16-block hit");
     let heavy_prefill = RouterConfigOverride { overlap_score_weight: Some(10.0), ..dynamo.clone() };
-    let routed = r.best_worker(&req, RouteOptions { config_override: Some(&heavy_prefill), ..Default::default() }).unwrap();
+    let routed =
+        r.best_worker(&req, RouteOptions { config_override: Some(&heavy_prefill), ..Default::default() }).unwrap();
     assert_eq!(routed.worker, B);
     let bad = RouterConfigOverride { router_temperature: Some(-1.0), ..Default::default() };
-    assert!(matches!(r.best_worker(&req, RouteOptions { config_override: Some(&bad), ..Default::default() }), Err(RouteError::Config(_))));
+    assert!(matches!(
+        r.best_worker(&req, RouteOptions { config_override: Some(&bad), ..Default::default() }),
+        Err(RouteError::Config(_))
+    ));
 }
 
 #[test]
@@ -225,7 +247,15 @@ fn seeded_routers_make_identical_choices() {
 fn removed_worker_is_no_longer_chosen_and_its_load_is_gone() {
     let mut r = router();
     let req = BlockedRequest::from_tokens(&prompt(32, 1), BS, HashSeed::default());
-    r.best_worker(&req, RouteOptions { request_id: Some("q"), forced: Some(ForcedWorker { worker_id: 2, dp_rank: None }), ..Default::default() }).unwrap();
+    r.best_worker(
+        &req,
+        RouteOptions {
+            request_id: Some("q"),
+            forced: Some(ForcedWorker { worker_id: 2, dp_rank: None }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     r.remove_worker(2);
     assert_eq!(r.workers(), &[A]);
     assert!(r.free("q").is_err());
@@ -238,7 +268,11 @@ fn removed_worker_is_no_longer_chosen_and_its_load_is_gone() {
 fn baseline_modes_ignore_the_cache() {
     let tokens = prompt(64, 11);
     let req = BlockedRequest::from_tokens(&tokens, BS, HashSeed::default());
-    let mut rr = KvRouter::with_seed(KvRouterConfig { block_size: BS, router_mode: RouterMode::RoundRobin, ..KvRouterConfig::default() }, 1).unwrap();
+    let mut rr = KvRouter::with_seed(
+        KvRouterConfig { block_size: BS, router_mode: RouterMode::RoundRobin, ..KvRouterConfig::default() },
+        1,
+    )
+    .unwrap();
     rr.add_worker(A);
     rr.add_worker(B);
     cached(&mut rr, B, &tokens);
@@ -247,7 +281,11 @@ fn baseline_modes_ignore_the_cache() {
     let routed = rr.best_worker(&req, RouteOptions::default()).unwrap();
     assert_eq!(routed.overlap_blocks, if routed.worker == B { 16 } else { 0 }, "overlap is still reported");
 
-    let mut ll = KvRouter::with_seed(KvRouterConfig { block_size: BS, router_mode: RouterMode::LeastLoaded, ..KvRouterConfig::default() }, 1).unwrap();
+    let mut ll = KvRouter::with_seed(
+        KvRouterConfig { block_size: BS, router_mode: RouterMode::LeastLoaded, ..KvRouterConfig::default() },
+        1,
+    )
+    .unwrap();
     ll.add_worker(A);
     ll.add_worker(B);
     let first = ll.best_worker(&req, RouteOptions { request_id: Some("1"), ..Default::default() }).unwrap().worker;
@@ -259,7 +297,12 @@ fn baseline_modes_ignore_the_cache() {
 
 /// Hand `from`'s recorded updates to `to` as the replica sync task would.
 fn deliver(from: &mut KvRouter, to: &mut KvRouter, peers: &mut crate::replicas::Peers, seq: &mut u64, now_ms: u64) {
-    let message = crate::replicas::ReplicaMessage { replica: "one".into(), seq: *seq, updates: from.take_load_updates(), resend: false };
+    let message = crate::replicas::ReplicaMessage {
+        replica: "one".into(),
+        seq: *seq,
+        updates: from.take_load_updates(),
+        resend: false,
+    };
     *seq += 1;
     peers.receive(to, &message, now_ms);
 }
@@ -271,7 +314,8 @@ fn replicas_that_share_load_do_not_both_pick_the_idle_worker() {
     let (mut peers, mut seq) = (crate::replicas::Peers::new(), 0);
     // Replica one routes a long request, tracked, to the idle pair: it lands on A or B.
     let long = BlockedRequest::from_tokens(&prompt(4000, 3), BS, HashSeed::default());
-    let first = one.best_worker(&long, RouteOptions { request_id: Some("r1"), ..RouteOptions::default() }).unwrap().worker;
+    let first =
+        one.best_worker(&long, RouteOptions { request_id: Some("r1"), ..RouteOptions::default() }).unwrap().worker;
     deliver(&mut one, &mut two, &mut peers, &mut seq, 0);
     assert_eq!(two.load(first).active_prefill_tokens, 4000, "replica two counts replica one's request");
     assert_eq!(two.replica_request_count(), 1);
@@ -294,7 +338,8 @@ fn replicas_that_share_load_do_not_both_pick_the_idle_worker() {
 fn load_updates_are_written_down_only_when_sharing_and_only_for_what_happened() {
     let mut r = router();
     let req = BlockedRequest::from_tokens(&prompt(16, 1), BS, HashSeed::default());
-    let quiet = r.best_worker(&req, RouteOptions { request_id: Some("quiet"), ..RouteOptions::default() }).unwrap().worker;
+    let quiet =
+        r.best_worker(&req, RouteOptions { request_id: Some("quiet"), ..RouteOptions::default() }).unwrap().worker;
     assert!(r.take_load_updates().is_empty(), "not sharing: nothing recorded");
     r.share_load();
     let w = r.best_worker(&req, RouteOptions { request_id: Some("r1"), ..RouteOptions::default() }).unwrap().worker;
@@ -327,9 +372,15 @@ fn a_replica_that_joins_late_learns_the_requests_in_flight_from_a_resend() {
     one.share_load();
     let long = BlockedRequest::from_tokens(&prompt(4000, 3), BS, HashSeed::default());
     let short = BlockedRequest::from_tokens(&prompt(400, 4), BS, HashSeed::default());
-    let w1 = one.best_worker(&long, RouteOptions { request_id: Some("streaming"), ..RouteOptions::default() }).unwrap().worker;
+    let w1 = one
+        .best_worker(&long, RouteOptions { request_id: Some("streaming"), ..RouteOptions::default() })
+        .unwrap()
+        .worker;
     one.mark_prefill_complete("streaming").unwrap();
-    let w2 = one.best_worker(&short, RouteOptions { request_id: Some("waiting"), ..RouteOptions::default() }).unwrap().worker;
+    let w2 = one
+        .best_worker(&short, RouteOptions { request_id: Some("waiting"), ..RouteOptions::default() })
+        .unwrap()
+        .worker;
     one.take_load_updates(); // published before `late` was listening
     let (mut peers, mut seq) = (crate::replicas::Peers::new(), 0);
     deliver(&mut one, &mut late, &mut peers, &mut seq, 0);
@@ -339,7 +390,11 @@ fn a_replica_that_joins_late_learns_the_requests_in_flight_from_a_resend() {
     deliver(&mut one, &mut late, &mut peers, &mut seq, 1);
     let total = |r: &KvRouter| {
         let (a, b) = (r.load(A), r.load(B));
-        (a.active_requests + b.active_requests, a.prefilling_requests + b.prefilling_requests, a.active_prefill_tokens + b.active_prefill_tokens)
+        (
+            a.active_requests + b.active_requests,
+            a.prefilling_requests + b.prefilling_requests,
+            a.active_prefill_tokens + b.active_prefill_tokens,
+        )
     };
     assert_eq!(late.replica_request_count(), 2);
     assert_eq!(total(&late), (2, 1, 400), "both counted; only `waiting` still in prefill");

@@ -1,7 +1,7 @@
 //! Router configuration (Dynamo's names and defaults) and per-request overrides.
 
-use serde::{Deserialize, Serialize};
 use kvroute_protocol::step_time;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// How equal costs are broken at temperature 0.

@@ -199,8 +199,8 @@ fn sample(costs: &[f64], temperature: f64, rng: &mut impl Rng) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::rngs::SmallRng;
     use kvroute_protocol::step_time::{prefill_ms, PREFILL_PASS_MS};
+    use rand::rngs::SmallRng;
     use rand::SeedableRng;
 
     fn candidate(id: u64, overlap: u32, active_blocks: u64, request_blocks: u64) -> Candidate {
@@ -246,7 +246,13 @@ mod tests {
         let rng = &mut SmallRng::seed_from_u64(0);
         // A is prefilling a 6,400-token request this one extends; B is idle; the index knows
         // nothing yet. Queued behind A's prefill, only 640 new tokens: A.
-        let a = Candidate { in_flight_prefix_blocks: 100, active_prefill_tokens: 6400, prefilling_requests: 1, active_requests: 1, ..candidate(1, 0, 0, 0) };
+        let a = Candidate {
+            in_flight_prefix_blocks: 100,
+            active_prefill_tokens: 6400,
+            prefilling_requests: 1,
+            active_requests: 1,
+            ..candidate(1, 0, 0, 0)
+        };
         let b = candidate(2, 0, 0, 0);
         assert_eq!(a.expected_overlap(), 100);
         assert_eq!(choose(&[a, b], 7040, &config, rng).unwrap().0, 0);
@@ -261,7 +267,12 @@ mod tests {
         // A pass's token-dependent part (the overhead is paid anyway).
         let chunk = |t: u64| prefill_ms(t) - PREFILL_PASS_MS;
         // Two requests wait with 1,000 tokens; 500 more join their pass.
-        let waiting = Candidate { active_prefill_tokens: 1000, prefilling_requests: 2, active_requests: 2, ..candidate(1, 0, 0, 0) };
+        let waiting = Candidate {
+            active_prefill_tokens: 1000,
+            prefilling_requests: 2,
+            active_requests: 2,
+            ..candidate(1, 0, 0, 0)
+        };
         let delay = delay_inflicted_ms(&waiting, 500, &config);
         assert!(close(delay, 2.0 * (chunk(1500) - chunk(1000))), "{delay}");
         // Only the room left in the queue's last pass counts.
@@ -278,7 +289,13 @@ mod tests {
         let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
         let rng = &mut SmallRng::seed_from_u64(0);
         // 6,400 tokens, 90 blocks cached on A. A short queue on A: A wins.
-        let a = Candidate { overlap_blocks: 90, active_prefill_tokens: 500, prefilling_requests: 1, active_requests: 1, ..candidate(1, 0, 0, 0) };
+        let a = Candidate {
+            overlap_blocks: 90,
+            active_prefill_tokens: 500,
+            prefilling_requests: 1,
+            active_requests: 1,
+            ..candidate(1, 0, 0, 0)
+        };
         let b = candidate(2, 0, 0, 0);
         assert_eq!(choose(&[a, b], 6400, &config, rng).unwrap().0, 0);
         // A long queue on A (a 60k-token prefill ahead): B, despite recomputing.
@@ -296,7 +313,8 @@ mod tests {
         let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
         // A holds 20 blocks (1,280 tokens) and has a short queue that makes it slower than idle
         // B by less than the duplicate charge but more than the recompute time alone.
-        let a = Candidate { overlap_blocks: 20, active_prefill_tokens: 2000, active_requests: 1, ..candidate(1, 0, 0, 0) };
+        let a =
+            Candidate { overlap_blocks: 20, active_prefill_tokens: 2000, active_requests: 1, ..candidate(1, 0, 0, 0) };
         let b = candidate(2, 0, 0, 0);
         let ttft = |c: &Candidate| predicted_ttft_ms(c, 2000, &config);
         assert!(ttft(&a) > ttft(&b), "B would answer first");
@@ -387,7 +405,10 @@ mod tests {
         let o = RouterConfigOverride { router_temperature: Some(0.7), ..Default::default() };
         assert_eq!(base.with_override(Some(&o)).unwrap().router_temperature, 0.7);
         let bad = RouterConfigOverride { overlap_score_weight: Some(-1.0), ..Default::default() };
-        assert!(matches!(base.with_override(Some(&bad)), Err(ConfigError::OutOfRange { field: "overlap_score_weight", .. })));
+        assert!(matches!(
+            base.with_override(Some(&bad)),
+            Err(ConfigError::OutOfRange { field: "overlap_score_weight", .. })
+        ));
         let nan = RouterConfigOverride { router_temperature: Some(f64::NAN), ..Default::default() };
         assert!(base.with_override(Some(&nan)).is_err());
         assert_eq!(KvRouterConfig { block_size: 0, ..base }.validate(), Err(ConfigError::BlockSize));

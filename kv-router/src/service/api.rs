@@ -70,7 +70,10 @@ fn prompt_of<'q>(shared: &Shared, q: &'q RouteQuery) -> Result<PromptInput<'q>, 
         if messages.is_empty() {
             return Err(bad("messages must not be empty".into()));
         }
-        let text = shared.tokenizer.apply_chat_template(messages, true).map_err(|e| bad(format!("cannot apply the chat template: {e}")))?;
+        let text = shared
+            .tokenizer
+            .apply_chat_template(messages, true)
+            .map_err(|e| bad(format!("cannot apply the chat template: {e}")))?;
         PromptInput::Text(text.into())
     } else {
         return Err(bad("one of token_ids, prompt or messages is required".into()));
@@ -93,7 +96,9 @@ pub(crate) fn blocked(shared: &Shared, q: &RouteQuery, need: Need) -> Result<Blo
     let block_size = shared.config.router.block_size;
     let tokens = match prompt_of(shared, q)? {
         PromptInput::Ids(ids) => return Ok(BlockedRequest::from_tokens(non_empty(ids)?, block_size, seed)),
-        PromptInput::Text(text) if need == Need::CachedPrefix && text.len() >= 2 * QUERY_FIRST_BYTES && shared.tokenizer.resumes() => {
+        PromptInput::Text(text)
+            if need == Need::CachedPrefix && text.len() >= 2 * QUERY_FIRST_BYTES && shared.tokenizer.resumes() =>
+        {
             return cached_prefix_blocked(shared, &text, seed);
         }
         PromptInput::Text(text) => tokenize(shared, &text).map_err(cannot_tokenize)?,
@@ -111,7 +116,7 @@ fn cached_prefix_blocked(shared: &Shared, text: &str, seed: HashSeed) -> Result<
     let block_size = shared.config.router.block_size;
     let (mut want, mut step) = (QUERY_FIRST_BYTES, QUERY_FIRST_BYTES);
     let mut last = (0u64, 0u64); // (ids, bytes) of the last round's beginning
-    // Counted once per query: ids reused from other texts (the first round's), ids tokenized.
+                                 // Counted once per query: ids reused from other texts (the first round's), ids tokenized.
     let (mut first_reused, mut tokenized) = (None, 0);
     loop {
         let beginning = shared.encoded.encode_beginning(&shared.tokenizer, text, want).map_err(cannot_tokenize)?;
@@ -149,14 +154,18 @@ const OFF_RUNTIME_BYTES: usize = 16 * 1024;
 /// [`blocked`], on a blocking thread when the prompt is long: tokenizing 220 KB of text takes
 /// ≈ 160 ms, which would hold a runtime worker — and every request queued behind it — for that
 /// long. Short prompts (the common case) stay inline: a thread hop costs more than they do.
-pub(crate) async fn blocked_off_runtime(shared: &Arc<Shared>, q: &RouteQuery, need: Need) -> Result<BlockedRequest, ApiError> {
+pub(crate) async fn blocked_off_runtime(
+    shared: &Arc<Shared>,
+    q: &RouteQuery,
+    need: Need,
+) -> Result<BlockedRequest, ApiError> {
     if text_bytes(q) < OFF_RUNTIME_BYTES {
         return blocked(shared, q, need);
     }
     let (shared, q) = (shared.clone(), q.clone());
-    tokio::task::spawn_blocking(move || blocked(&shared, &q, need))
-        .await
-        .unwrap_or_else(|e| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizing the prompt failed: {e}"))))
+    tokio::task::spawn_blocking(move || blocked(&shared, &q, need)).await.unwrap_or_else(|e| {
+        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizing the prompt failed: {e}")))
+    })
 }
 
 /// Bytes of text the request would have tokenized (0 for token ids).
@@ -331,7 +340,8 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
 
 /// The models of the healthy workers, merged by id.
 pub async fn models(State(shared): State<Arc<Shared>>) -> Response {
-    let healthy = shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)).map(|w| w.spec.url.clone()).collect();
+    let healthy =
+        shared.workers.iter().filter(|w| w.healthy.load(Ordering::Relaxed)).map(|w| w.spec.url.clone()).collect();
     Json(shared.http.merged_models(healthy).await).into_response()
 }
 

@@ -32,7 +32,13 @@ pub struct WorkerSpec {
 
 impl WorkerSpec {
     pub fn new(url: impl Into<String>) -> Self {
-        WorkerSpec { url: url.into(), worker_id: None, kv_events: Vec::new(), kv_replay: Vec::new(), data_parallel_size: None }
+        WorkerSpec {
+            url: url.into(),
+            worker_id: None,
+            kv_events: Vec::new(),
+            kv_replay: Vec::new(),
+            data_parallel_size: None,
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -123,7 +129,10 @@ impl ReplicaSyncConfig {
         }
         let token_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !self.group.split('.').all(token_ok) {
-            return Err(format!("replica sync: the router group must be letters, digits, '-', '_' (dot-separated), got {:?}", self.group));
+            return Err(format!(
+                "replica sync: the router group must be letters, digits, '-', '_' (dot-separated), got {:?}",
+                self.group
+            ));
         }
         if self.replica_id.is_empty() {
             return Err("replica sync: the replica id must not be empty".into());
@@ -195,7 +204,10 @@ mod tests {
 
     #[test]
     fn replay_defaults_to_the_next_port_and_ranks_to_the_endpoints() {
-        let w = WorkerSpec { kv_events: vec!["tcp://127.0.0.1:5557".into(), "tcp://127.0.0.1:5559".into()], ..WorkerSpec::new("http://x:1") };
+        let w = WorkerSpec {
+            kv_events: vec!["tcp://127.0.0.1:5557".into(), "tcp://127.0.0.1:5559".into()],
+            ..WorkerSpec::new("http://x:1")
+        };
         assert_eq!(w.ranks(), 2);
         assert_eq!(w.replay_endpoint(1).as_deref(), Some("tcp://127.0.0.1:5560"));
         assert_eq!(w.replay_endpoint(2), None);

@@ -105,7 +105,8 @@ pub(crate) async fn follow(
         backoff = Duration::from_millis(100);
         tracing::info!(%worker, %endpoint, "subscribed to KV events");
         let mut messages = receive_in_task(socket);
-        let mut stream = StreamState { worker, replay_endpoint: replay_endpoint.clone(), expected: None, duplicates_below: 0 };
+        let mut stream =
+            StreamState { worker, replay_endpoint: replay_endpoint.clone(), expected: None, duplicates_below: 0 };
         stream.catch_up(sink).await;
         loop {
             tokio::select! {
@@ -237,7 +238,8 @@ fn apply(shared: &Shared, worker: Worker, batch: &EventBatch) {
     let block_size = shared.config.router.block_size as usize;
     // Convert (hash every stored block's tokens) before taking the index's lock (requests being
     // routed do not wait for it, but other event sources do).
-    let converted: Vec<_> = batch.events.iter().map(|event| event.to_kv_event(block_size, HashSeed::default())).collect();
+    let converted: Vec<_> =
+        batch.events.iter().map(|event| event.to_kv_event(block_size, HashSeed::default())).collect();
     let mut index = shared.index();
     for data in converted {
         match data {

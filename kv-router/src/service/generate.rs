@@ -63,7 +63,9 @@ fn forced_worker(headers: &HeaderMap) -> Result<Option<ForcedWorker>, ApiError> 
         .map_err(|_| ApiError::bad_request(format!("x-worker-instance-id must be a u64, got {id:?}")))?;
     let dp_rank = match header("x-dp-rank") {
         None => None,
-        Some(r) => Some(r.parse::<u32>().map_err(|_| ApiError::bad_request(format!("x-dp-rank must be a u32, got {r:?}")))?),
+        Some(r) => {
+            Some(r.parse::<u32>().map_err(|_| ApiError::bad_request(format!("x-dp-rank must be a u32, got {r:?}")))?)
+        }
     };
     Ok(Some(ForcedWorker { worker_id, dp_rank }))
 }
@@ -128,10 +130,12 @@ async fn generate(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'
         router_config_override,
         ..RouteQuery::default()
     };
-    let (request, o, forced) = match (blocked_off_runtime(&shared, &query, Need::All).await, config_override(&query), forced_worker(&headers)) {
-        (Ok(r), Ok(o), Ok(f)) => (r, o, f),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
-    };
+    let (request, o, forced) =
+        match (blocked_off_runtime(&shared, &query, Need::All).await, config_override(&query), forced_worker(&headers))
+        {
+            (Ok(r), Ok(o), Ok(f)) => (r, o, f),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
+        };
     // Re-encode only when a field is to be taken out; otherwise forward the bytes as received.
     let forwarded = match stripped {
         false => body,

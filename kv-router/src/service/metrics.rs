@@ -2,7 +2,9 @@
 //! rejected and lost, index size, worker health, how text prompts were tokenized, replica sync.
 
 use kvroute_tokenizer::Tokenization;
-use prometheus::{CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder,
+};
 
 use super::Shared;
 use crate::router::Routed;
@@ -34,7 +36,9 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| register(&r, CounterVec::new(Opts::new(name, help), labels).expect("valid metric"));
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, CounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
         Metrics {
             decisions: counter("kvroute_router_decisions_total", "Requests routed by generate, per worker.", &["worker"]),
             overlap_ratio: register(

@@ -29,8 +29,8 @@ pub mod relay;
 mod replica_sync;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::DefaultBodyLimit;
@@ -106,7 +106,10 @@ pub(crate) struct Shared {
 impl Shared {
     /// The router core. Held for microseconds; never across an await.
     pub fn router(&self) -> RouterGuard<'_> {
-        RouterGuard { router: self.router.lock().unwrap_or_else(|e| e.into_inner()), load_updates: self.load_updates.as_ref() }
+        RouterGuard {
+            router: self.router.lock().unwrap_or_else(|e| e.into_inner()),
+            load_updates: self.load_updates.as_ref(),
+        }
     }
 
     /// The KV index, to apply events or read its dump and counters. Held for microseconds;
@@ -237,7 +240,13 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
         .iter()
         .map(|spec| {
             let (reconnect, _) = watch::channel(0);
-            WorkerRuntime { worker_id: spec.id(), ranks: spec.ranks(), spec: spec.clone(), healthy: AtomicBool::new(true), reconnect }
+            WorkerRuntime {
+                worker_id: spec.id(),
+                ranks: spec.ranks(),
+                spec: spec.clone(),
+                healthy: AtomicBool::new(true),
+                reconnect,
+            }
         })
         .collect();
     for w in &workers {
@@ -247,8 +256,9 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
         }
         metrics.worker_healthy.with_label_values(&[&w.worker_id.to_string()]).set(1.0);
     }
-    let listener =
-        TcpListener::bind(config.http_addr).await.map_err(|source| StartError::Http { addr: config.http_addr, source })?;
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let shared = Arc::new(Shared {
         http: kvroute_serve::Upstream::new(),

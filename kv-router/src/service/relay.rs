@@ -68,10 +68,18 @@ pub fn start_relay(config: RelayConfig) -> Result<Vec<String>, RelayError> {
     let workers: Vec<Worker> = (0..config.kv_events.len() as u32).map(|r| Worker::new(config.worker_id, r)).collect();
     let sink = Arc::new(RelaySink {
         block_size: config.block_size as usize,
-        publishers: workers.iter().map(|&w| kvroute_nats::spawn_kv_event_publisher(config.nats_url.clone(), w, config.publisher)).collect(),
+        publishers: workers
+            .iter()
+            .map(|&w| kvroute_nats::spawn_kv_event_publisher(config.nats_url.clone(), w, config.publisher))
+            .collect(),
     });
     for (&worker, endpoint) in workers.iter().zip(&config.kv_events) {
-        let (sink, endpoint, replay, topic) = (sink.clone(), endpoint.clone(), replay_endpoint(&config.kv_events, &config.kv_replay, worker.dp_rank), config.topic.clone());
+        let (sink, endpoint, replay, topic) = (
+            sink.clone(),
+            endpoint.clone(),
+            replay_endpoint(&config.kv_events, &config.kv_replay, worker.dp_rank),
+            config.topic.clone(),
+        );
         tokio::spawn(async move {
             // A relay follows its worker for good: nothing asks it to resubscribe.
             let (_never, reconnect) = watch::channel(0);

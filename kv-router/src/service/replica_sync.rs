@@ -34,7 +34,11 @@ pub async fn run(shared: Arc<Shared>, mut outgoing: mpsc::UnboundedReceiver<Vec<
     let mut seq = 0u64;
     let mut backoff = Duration::from_millis(100);
     let client = loop {
-        match async_nats::ConnectOptions::new().name(format!("kvroute kv-router {}", sync.replica_id)).connect(&sync.nats_url).await {
+        match async_nats::ConnectOptions::new()
+            .name(format!("kvroute kv-router {}", sync.replica_id))
+            .connect(&sync.nats_url)
+            .await
+        {
             Ok(client) => break client,
             Err(e) => {
                 tracing::warn!(%server, error = %e, "replica sync: NATS not reachable; routing on this replica's own load meanwhile");
@@ -122,7 +126,9 @@ fn receive(shared: &Shared, own_id: &str, peers: &mut Peers, payload: &[u8], now
         continuity
     };
     match continuity {
-        Continuity::NewReplica => tracing::info!(replica = %message.replica, "replica sync: another replica of the group joined"),
+        Continuity::NewReplica => {
+            tracing::info!(replica = %message.replica, "replica sync: another replica of the group joined")
+        }
         Continuity::Resynced { dropped_requests } => {
             shared.metrics.replica_resyncs.inc();
             tracing::warn!(replica = %message.replica, dropped_requests, "replica sync: messages from a replica were lost (or it restarted); its view starts over")

@@ -177,7 +177,8 @@ fn outputs_are_a_pure_function_of_the_seed() {
 fn sampling_the_eos_token_stops_the_request() {
     let mut e = Engine::new(config(100, 16));
     // vocab 1 makes every sampled token 0: with eos 0 the first token stops it.
-    e.add(EngineRequest { eos_token_id: Some(0), output_ids: OutputIds::Below(1), ..request(1, prompt(30, 0), 20) }).unwrap();
+    e.add(EngineRequest { eos_token_id: Some(0), output_ids: OutputIds::Below(1), ..request(1, prompt(30, 0), 20) })
+        .unwrap();
     let passes = drain(&mut e);
     assert_eq!(passes.len(), 1);
     assert_eq!(passes[0].tokens[0].finish, Some(FinishReason::Stop));
@@ -219,7 +220,9 @@ fn kv_events_mirror_exactly_the_blocks_the_engine_holds() {
                     assert_eq!(t.len(), 4);
                     assert!(mirror.insert(h.0), "stored twice");
                 }),
-                CacheEvent::Removed { hashes } => hashes.iter().for_each(|h| assert!(mirror.remove(&h.0), "removed unknown")),
+                CacheEvent::Removed { hashes } => {
+                    hashes.iter().for_each(|h| assert!(mirror.remove(&h.0), "removed unknown"))
+                }
                 CacheEvent::Cleared => mirror.clear(),
             }
         }

@@ -21,12 +21,15 @@ pub fn to_event_data(events: &[CacheEvent]) -> Vec<KvCacheEventData> {
                 parent_hash: parent.map(|p| EngineBlockHash(p.0)),
                 blocks: blocks
                     .iter()
-                    .map(|(h, tokens)| StoredBlock { block_hash: EngineBlockHash(h.0), tokens_hash: local_block_hash(tokens, HashSeed::default()) })
+                    .map(|(h, tokens)| StoredBlock {
+                        block_hash: EngineBlockHash(h.0),
+                        tokens_hash: local_block_hash(tokens, HashSeed::default()),
+                    })
                     .collect(),
             }),
-            CacheEvent::Removed { hashes } => {
-                KvCacheEventData::Removed(KvCacheRemoveData { block_hashes: hashes.iter().map(|h| EngineBlockHash(h.0)).collect() })
-            }
+            CacheEvent::Removed { hashes } => KvCacheEventData::Removed(KvCacheRemoveData {
+                block_hashes: hashes.iter().map(|h| EngineBlockHash(h.0)).collect(),
+            }),
             CacheEvent::Cleared => KvCacheEventData::Cleared,
         })
         .collect()

@@ -38,12 +38,34 @@ impl Metrics {
             running: gauge(&registry, "vllm:num_requests_running", "Requests in the running batch."),
             waiting: gauge(&registry, "vllm:num_requests_waiting", "Requests waiting to be admitted."),
             kv_usage: gauge(&registry, "vllm:kv_cache_usage_perc", "Fraction of KV blocks in use (1 = full)."),
-            prefix_hit_rate: gauge(&registry, "vllm:gpu_prefix_cache_hit_rate", "Prompt tokens served from the prefix cache / prompt tokens."),
+            prefix_hit_rate: gauge(
+                &registry,
+                "vllm:gpu_prefix_cache_hit_rate",
+                "Prompt tokens served from the prefix cache / prompt tokens.",
+            ),
             // Monotonic totals kept by the engine; exported as gauges of the running totals.
-            prefix_queries: gauge(&registry, "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache (running total)."),
-            prefix_hits: gauge(&registry, "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache (running total)."),
-            requests: counter(&registry, "vllm:request_success_total", "Finished requests.", &["model_name", "finished_reason"]),
-            prompt_tokens: counter(&registry, "vllm:prompt_tokens_total", "Prompt tokens of accepted requests.", &["model_name"]),
+            prefix_queries: gauge(
+                &registry,
+                "vllm:prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache (running total).",
+            ),
+            prefix_hits: gauge(
+                &registry,
+                "vllm:prefix_cache_hits",
+                "Prompt tokens found in the prefix cache (running total).",
+            ),
+            requests: counter(
+                &registry,
+                "vllm:request_success_total",
+                "Finished requests.",
+                &["model_name", "finished_reason"],
+            ),
+            prompt_tokens: counter(
+                &registry,
+                "vllm:prompt_tokens_total",
+                "Prompt tokens of accepted requests.",
+                &["model_name"],
+            ),
             generation_tokens: counter(&registry, "vllm:generation_tokens_total", "Tokens generated.", &["model_name"]),
             registry,
             model: model.to_owned(),
@@ -57,8 +79,14 @@ impl Metrics {
             let labels = [self.model.as_str(), &rank.rank.to_string()];
             self.running.with_label_values(&labels).set(s.running as f64);
             self.waiting.with_label_values(&labels).set(s.waiting as f64);
-            self.kv_usage.with_label_values(&labels).set(s.kv_active_blocks as f64 / s.kv_capacity_blocks.max(1) as f64);
-            let rate = if s.prefix_queries_tokens == 0 { 0.0 } else { s.prefix_hits_tokens as f64 / s.prefix_queries_tokens as f64 };
+            self.kv_usage
+                .with_label_values(&labels)
+                .set(s.kv_active_blocks as f64 / s.kv_capacity_blocks.max(1) as f64);
+            let rate = if s.prefix_queries_tokens == 0 {
+                0.0
+            } else {
+                s.prefix_hits_tokens as f64 / s.prefix_queries_tokens as f64
+            };
             self.prefix_hit_rate.with_label_values(&labels).set(rate);
             self.prefix_queries.with_label_values(&labels).set(s.prefix_queries_tokens as f64);
             self.prefix_hits.with_label_values(&labels).set(s.prefix_hits_tokens as f64);

@@ -161,13 +161,18 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
                 pushers.push(http_push::spawn(h.url.clone(), kvroute_protocol::Worker::new(h.worker_id, r)));
             }
             if let Some(n) = &config.kv_events_nats {
-                pushers.push(kvroute_nats::spawn_kv_event_publisher(n.url.clone(), kvroute_protocol::Worker::new(n.worker_id, r), n.options));
+                pushers.push(kvroute_nats::spawn_kv_event_publisher(
+                    n.url.clone(),
+                    kvroute_protocol::Worker::new(n.worker_id, r),
+                    n.options,
+                ));
             }
         }
         ranks.push(rank::spawn(r, Engine::new(config.engine.clone()), publisher, pushers));
     }
-    let listener =
-        TcpListener::bind(config.http_addr).await.map_err(|source| StartError::Http { addr: config.http_addr, source })?;
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let state = Arc::new(AppState {
         outstanding: (0..ranks.len()).map(|_| AtomicUsize::new(0)).collect(),
@@ -288,7 +293,11 @@ async fn generate(
 ) -> Response {
     if let Some(model) = sampling.model.as_deref() {
         if model != state.config.model_name {
-            return error_response(StatusCode::NOT_FOUND, "not_found_error", format!("The model `{model}` does not exist."));
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                format!("The model `{model}` does not exist."),
+            );
         }
     }
     if sampling.n.is_some_and(|n| n != 1) {
@@ -327,7 +336,10 @@ fn choose_rank(state: &AppState, headers: &HeaderMap) -> Result<usize, String> {
         let rank = value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
         return match rank {
             Some(r) if r < state.ranks.len() => Ok(r),
-            _ => Err(format!("X-Data-Parallel-Rank must be an integer below the data parallel size {}", state.ranks.len())),
+            _ => Err(format!(
+                "X-Data-Parallel-Rank must be an integer below the data parallel size {}",
+                state.ranks.len()
+            )),
         };
     }
     Ok((0..state.ranks.len()).min_by_key(|&r| state.outstanding[r].load(Ordering::Relaxed)).unwrap_or(0))

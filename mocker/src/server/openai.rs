@@ -101,7 +101,8 @@ impl Meta {
         let choice = match self.endpoint {
             Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
             Endpoint::Chat => {
-                let delta = if first { json!({"role": "assistant", "content": text}) } else { json!({"content": text}) };
+                let delta =
+                    if first { json!({"role": "assistant", "content": text}) } else { json!({"content": text}) };
                 json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
             }
         };
@@ -134,7 +135,14 @@ pub(super) async fn respond(
     state.metrics.prompt_tokens.with_label_values(&[&model]).inc_by(prompt_tokens as f64);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
-    let meta = Meta { id: format!("{prefix}-{:016x}{id:016x}", state.response_tag), created, model, prompt_tokens, endpoint, include_usage: sampling.include_usage() };
+    let meta = Meta {
+        id: format!("{prefix}-{:016x}{id:016x}", state.response_tag),
+        created,
+        model,
+        prompt_tokens,
+        endpoint,
+        include_usage: sampling.include_usage(),
+    };
     let progress = Progress { rx, in_flight, cached_tokens: 0, completion_tokens: 0 };
     if sampling.stream {
         Sse::new(sse_stream(state, meta, progress)).into_response()
@@ -167,7 +175,9 @@ async fn whole(state: Arc<AppState>, meta: Meta, mut progress: Progress) -> Resp
     let text = state.tokenizer.decode(&ids);
     let choice = match meta.endpoint {
         Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
-        Endpoint::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}),
+        Endpoint::Chat => {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
+        }
     };
     Json(json!({
         "id": meta.id,
@@ -192,34 +202,41 @@ fn sse_stream(
     meta: Meta,
     progress: Progress,
 ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
-    stream::unfold((state, meta, progress, Phase::Tokens, true), |(state, meta, mut progress, phase, first)| async move {
-        match phase {
-            Phase::Tokens => match progress.next_token().await {
-                Some((token, finish)) => {
-                    let text = state.tokenizer.decode(&[token]);
-                    let event = Event::default().data(meta.chunk(&text, first, finish).to_string());
-                    let next = if finish.is_some() {
-                        record_finish(&state, &meta, progress.completion_tokens, finish);
-                        if meta.include_usage { Phase::Usage } else { Phase::Done }
-                    } else {
-                        Phase::Tokens
-                    };
-                    Some((Ok(event), (state, meta, progress, next, false)))
+    stream::unfold(
+        (state, meta, progress, Phase::Tokens, true),
+        |(state, meta, mut progress, phase, first)| async move {
+            match phase {
+                Phase::Tokens => match progress.next_token().await {
+                    Some((token, finish)) => {
+                        let text = state.tokenizer.decode(&[token]);
+                        let event = Event::default().data(meta.chunk(&text, first, finish).to_string());
+                        let next = if finish.is_some() {
+                            record_finish(&state, &meta, progress.completion_tokens, finish);
+                            if meta.include_usage {
+                                Phase::Usage
+                            } else {
+                                Phase::Done
+                            }
+                        } else {
+                            Phase::Tokens
+                        };
+                        Some((Ok(event), (state, meta, progress, next, false)))
+                    }
+                    None => {
+                        record_finish(&state, &meta, progress.completion_tokens, None);
+                        Some((Ok(Event::default().data("[DONE]")), (state, meta, progress, Phase::End, false)))
+                    }
+                },
+                Phase::Usage => {
+                    let body = json!({
+                        "id": meta.id, "object": meta.object(true), "created": meta.created, "model": meta.model,
+                        "choices": [], "usage": meta.usage(&progress),
+                    });
+                    Some((Ok(Event::default().data(body.to_string())), (state, meta, progress, Phase::Done, false)))
                 }
-                None => {
-                    record_finish(&state, &meta, progress.completion_tokens, None);
-                    Some((Ok(Event::default().data("[DONE]")), (state, meta, progress, Phase::End, false)))
-                }
-            },
-            Phase::Usage => {
-                let body = json!({
-                    "id": meta.id, "object": meta.object(true), "created": meta.created, "model": meta.model,
-                    "choices": [], "usage": meta.usage(&progress),
-                });
-                Some((Ok(Event::default().data(body.to_string())), (state, meta, progress, Phase::Done, false)))
+                Phase::Done => Some((Ok(Event::default().data("[DONE]")), (state, meta, progress, Phase::End, false))),
+                Phase::End => None,
             }
-            Phase::Done => Some((Ok(Event::default().data("[DONE]")), (state, meta, progress, Phase::End, false))),
-            Phase::End => None,
-        }
-    })
+        },
+    )
 }

@@ -60,15 +60,17 @@ impl Publisher {
         ring_capacity: usize,
     ) -> Result<(Publisher, PublisherEndpoints), BindError> {
         let mut socket = PubSocket::new();
-        let events = socket
-            .bind(events_address)
-            .await
-            .map_err(|source| BindError { what: "PUB", address: events_address.to_owned(), source })?;
+        let events = socket.bind(events_address).await.map_err(|source| BindError {
+            what: "PUB",
+            address: events_address.to_owned(),
+            source,
+        })?;
         let mut router = RouterSocket::new();
-        let replay = router
-            .bind(replay_address)
-            .await
-            .map_err(|source| BindError { what: "replay ROUTER", address: replay_address.to_owned(), source })?;
+        let replay = router.bind(replay_address).await.map_err(|source| BindError {
+            what: "replay ROUTER",
+            address: replay_address.to_owned(),
+            source,
+        })?;
         let ring: Ring = Arc::new(Mutex::new(VecDeque::new()));
         let endpoints = PublisherEndpoints { events: tcp_address(&events), replay: tcp_address(&replay) };
         tokio::spawn(supervise_replay(router, endpoints.replay.clone(), ring.clone()));
@@ -163,7 +165,8 @@ async fn serve_replay(mut router: RouterSocket, ring: Ring) {
             }
         };
         let Some(identity) = request.first().cloned() else { continue };
-        let Some(start) = request.last().and_then(|f| <[u8; 8]>::try_from(f.as_ref()).ok()).map(u64::from_be_bytes) else {
+        let Some(start) = request.last().and_then(|f| <[u8; 8]>::try_from(f.as_ref()).ok()).map(u64::from_be_bytes)
+        else {
             tracing::warn!("malformed replay request ignored");
             continue;
         };

@@ -18,12 +18,18 @@ use crate::{Engine, EngineRequest};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RankEvent {
     /// Admitted into the running batch; prompt tokens served from the cache.
-    Admitted { cached_tokens: usize },
+    Admitted {
+        cached_tokens: usize,
+    },
     Token(TokenOutput),
 }
 
 enum Command {
-    Submit { request: EngineRequest, events: mpsc::UnboundedSender<RankEvent>, accepted: tokio::sync::oneshot::Sender<Result<(), RejectError>> },
+    Submit {
+        request: EngineRequest,
+        events: mpsc::UnboundedSender<RankEvent>,
+        accepted: tokio::sync::oneshot::Sender<Result<(), RejectError>>,
+    },
     Cancel(RequestId),
     CachedBlocks(tokio::sync::oneshot::Sender<Vec<u64>>),
     ResetPrefixCache,

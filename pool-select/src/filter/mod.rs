@@ -26,7 +26,11 @@ pub(crate) struct Filtered {
 
 /// Runs model → health → context → saturation over all pools; `input_tokens` is the prompt's
 /// length when known.
-pub(crate) fn apply(features: &RequestFeatures, input_tokens: Option<u64>, views: &[PoolView<'_>]) -> Result<Filtered, SelectError> {
+pub(crate) fn apply(
+    features: &RequestFeatures,
+    input_tokens: Option<u64>,
+    views: &[PoolView<'_>],
+) -> Result<Filtered, SelectError> {
     let mut eligible: Vec<usize> = (0..views.len()).collect();
     let mut removed = Vec::new();
     remove(&mut eligible, &mut removed, views, model::NAME, |v| model::rejects(features, v));

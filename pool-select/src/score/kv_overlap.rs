@@ -62,7 +62,12 @@ pub enum KvOverlapCost {
 
 impl Default for KvOverlapConfig {
     fn default() -> Self {
-        KvOverlapConfig { block_size: 16, prefill_weight: 1.0, cost: KvOverlapCost::RouterMs, duplicate_token_ms: 3.0 * PREFILL_PER_TOKEN_MS }
+        KvOverlapConfig {
+            block_size: 16,
+            prefill_weight: 1.0,
+            cost: KvOverlapCost::RouterMs,
+            duplicate_token_ms: 3.0 * PREFILL_PER_TOKEN_MS,
+        }
     }
 }
 
@@ -189,9 +194,11 @@ mod tests {
         let a = BestWorkerResponse { cost: 300.0, ..a };
         let d = s.decide(&features(None), &[PoolState::IDLE; 2], &[Some(&a), Some(&b)]).unwrap();
         assert_eq!(d.pool_name, "b");
-        let bad: Result<Policy, _> = serde_json::from_str(r#"{"type": "kv_overlap", "cost": "router_ms", "duplicate_token_ms": -1}"#);
+        let bad: Result<Policy, _> =
+            serde_json::from_str(r#"{"type": "kv_overlap", "cost": "router_ms", "duplicate_token_ms": -1}"#);
         let config = crate::SelectConfig { pools: Pools::new(&["a"]).facts, policy: bad.unwrap() };
-        let Err(err) = crate::Selector::new(config, <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(0)) else {
+        let Err(err) = crate::Selector::new(config, <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(0))
+        else {
             panic!("a negative duplicate_token_ms was accepted");
         };
         assert!(err.to_string().contains("duplicate_token_ms"), "{err}");

@@ -104,7 +104,10 @@ mod tests {
     #[test]
     fn policy_parses_from_its_type_tag_with_defaults() {
         let p: Policy = serde_json::from_str(r#"{"type": "kv_overlap", "block_size": 16}"#).unwrap();
-        assert_eq!(p, Policy::KvOverlap(KvOverlapConfig { block_size: 16, prefill_weight: 1.0, ..KvOverlapConfig::default() }));
+        assert_eq!(
+            p,
+            Policy::KvOverlap(KvOverlapConfig { block_size: 16, prefill_weight: 1.0, ..KvOverlapConfig::default() })
+        );
         let p: Policy = serde_json::from_str(r#"{"type": "round_robin"}"#).unwrap();
         assert_eq!(p, Policy::RoundRobin {});
     }

@@ -84,8 +84,7 @@ fn shape(msg: impl Into<String>) -> DecodeError {
 /// Decode a multipart message `[topic, seq, payload]`.
 pub fn decode_multipart<F: AsRef<[u8]>>(frames: &[F]) -> Result<ZmqMessage, DecodeError> {
     let [topic, seq, payload] = frames else { return Err(DecodeError::FrameCount(frames.len())) };
-    let seq_bytes: [u8; 8] =
-        seq.as_ref().try_into().map_err(|_| DecodeError::SequenceLength(seq.as_ref().len()))?;
+    let seq_bytes: [u8; 8] = seq.as_ref().try_into().map_err(|_| DecodeError::SequenceLength(seq.as_ref().len()))?;
     Ok(ZmqMessage {
         topic: topic.as_ref().to_vec(),
         seq: u64::from_be_bytes(seq_bytes),
@@ -156,7 +155,8 @@ fn decode_event(value: &Value) -> Result<EngineEvent, DecodeError> {
                 .and_then(Value::as_u64)
                 .and_then(|v| u32::try_from(v).ok())
                 .ok_or_else(|| shape("BlockStored.block_size is not a u32"))?,
-            lora_id: opt(f.get(5, "lora_id"), |v| v.as_i64()).map_err(|_| shape("BlockStored.lora_id is not an integer"))?,
+            lora_id: opt(f.get(5, "lora_id"), |v| v.as_i64())
+                .map_err(|_| shape("BlockStored.lora_id is not an integer"))?,
             medium: opt_str(f.get(6, "medium"))?,
             lora_name: opt_str(f.get(7, "lora_name"))?,
         }),
@@ -211,16 +211,29 @@ impl EngineEvent {
     /// block size and seed (the event's LoRA name, when present, shifts the seed).
     pub fn to_kv_event(&self, router_block_size: usize, seed: HashSeed) -> Result<KvCacheEventData, ConvertError> {
         match self {
-            EngineEvent::BlockStored { block_hashes: hashes, parent_block_hash, token_ids, block_size, lora_name, .. } => {
+            EngineEvent::BlockStored {
+                block_hashes: hashes,
+                parent_block_hash,
+                token_ids,
+                block_size,
+                lora_name,
+                ..
+            } => {
                 let engine = *block_size as usize;
                 if engine != router_block_size {
                     return Err(ConvertError::BlockSizeMismatch { engine, router: router_block_size });
                 }
                 if token_ids.len() != hashes.len() * engine {
-                    return Err(ConvertError::TokenCount { hashes: hashes.len(), tokens: token_ids.len(), block_size: engine });
+                    return Err(ConvertError::TokenCount {
+                        hashes: hashes.len(),
+                        tokens: token_ids.len(),
+                        block_size: engine,
+                    });
                 }
                 let seed = match lora_name.as_deref() {
-                    Some(name) if !name.is_empty() => HashSeed(seed.0.wrapping_add(xxh3_64_with_seed(name.as_bytes(), 0))),
+                    Some(name) if !name.is_empty() => {
+                        HashSeed(seed.0.wrapping_add(xxh3_64_with_seed(name.as_bytes(), 0)))
+                    }
                     _ => seed,
                 };
                 let locals = block_hashes(token_ids, engine, seed);
@@ -249,18 +262,24 @@ fn hashes_value(hashes: &[EngineBlockHash]) -> Value {
 
 fn event_value(event: &EngineEvent) -> Value {
     match event {
-        EngineEvent::BlockStored { block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name } => {
-            Value::Array(vec![
-                Value::from("BlockStored"),
-                hashes_value(block_hashes),
-                opt_value(parent_block_hash, |h| Value::from(h.0)),
-                Value::Array(token_ids.iter().map(|&t| Value::from(t)).collect()),
-                Value::from(*block_size),
-                opt_value(lora_id, |&l| Value::from(l)),
-                opt_value(medium, |m| Value::from(m.as_str())),
-                opt_value(lora_name, |n| Value::from(n.as_str())),
-            ])
-        }
+        EngineEvent::BlockStored {
+            block_hashes,
+            parent_block_hash,
+            token_ids,
+            block_size,
+            lora_id,
+            medium,
+            lora_name,
+        } => Value::Array(vec![
+            Value::from("BlockStored"),
+            hashes_value(block_hashes),
+            opt_value(parent_block_hash, |h| Value::from(h.0)),
+            Value::Array(token_ids.iter().map(|&t| Value::from(t)).collect()),
+            Value::from(*block_size),
+            opt_value(lora_id, |&l| Value::from(l)),
+            opt_value(medium, |m| Value::from(m.as_str())),
+            opt_value(lora_name, |n| Value::from(n.as_str())),
+        ]),
         EngineEvent::BlockRemoved { block_hashes, medium } => Value::Array(vec![
             Value::from("BlockRemoved"),
             hashes_value(block_hashes),

@@ -107,15 +107,18 @@ fn map_form_events_are_accepted() {
         Value::Nil,
     ]));
     let batch = decode_payload(&payload).unwrap();
-    assert_eq!(batch.events[0], EngineEvent::BlockStored {
-        block_hashes: vec![EngineBlockHash(1)],
-        parent_block_hash: None,
-        token_ids: vec![0, 1],
-        block_size: 2,
-        lora_id: None,
-        medium: None,
-        lora_name: None,
-    });
+    assert_eq!(
+        batch.events[0],
+        EngineEvent::BlockStored {
+            block_hashes: vec![EngineBlockHash(1)],
+            parent_block_hash: None,
+            token_ids: vec![0, 1],
+            block_size: 2,
+            lora_id: None,
+            medium: None,
+            lora_name: None,
+        }
+    );
 }
 
 #[test]
@@ -127,7 +130,8 @@ fn malformed_messages_are_errors() {
     assert!(decode_payload(b"\xdd\xff\xff\xff\xff").is_err());
     assert!(decode_payload(b"\x92\x00\xdd\xff\xff\xff\xff").is_err());
     assert!(matches!(decode_payload(&encode(&Value::from("hello"))), Err(DecodeError::Shape(_))));
-    let unknown = encode(&Value::Array(vec![Value::F64(0.0), Value::Array(vec![Value::Array(vec![Value::from("Nope")])])]));
+    let unknown =
+        encode(&Value::Array(vec![Value::F64(0.0), Value::Array(vec![Value::Array(vec![Value::from("Nope")])])]));
     assert!(matches!(decode_payload(&unknown), Err(DecodeError::Shape(m)) if m.contains("Nope")));
     let mut trailing = encode(&Value::Array(vec![Value::F64(0.0), Value::Array(vec![])]));
     trailing.push(0);
