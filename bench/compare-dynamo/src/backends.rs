@@ -16,8 +16,8 @@ use dynamo_kv_router::indexer::{SyncIndexer, WorkerTask};
 use dynamo_kv_router::protocols as dy;
 use dynamo_kv_router::{ConcurrentRadixTreeCompressed, RadixTree};
 use kvroute_kv_router::KvIndex;
-use kvroute_protocol::events as kv;
 use kvroute_protocol::LocalBlockHash;
+use kvroute_protocol::events as kv;
 
 use crate::alloc;
 
@@ -86,7 +86,10 @@ pub fn to_dynamo(ev: &kv::RouterEvent) -> dy::RouterEvent {
         }),
         kv::KvCacheEventData::Cleared => dy::KvCacheEventData::Cleared,
     };
-    dy::RouterEvent::new(ev.worker_id, dy::KvCacheEvent { event_id: ev.event.event_id, data, dp_rank: ev.event.dp_rank })
+    dy::RouterEvent::new(
+        ev.worker_id,
+        dy::KvCacheEvent { event_id: ev.event.event_id, data, dp_rank: ev.event.dp_rank },
+    )
 }
 
 fn sorted_ours(overlaps: Vec<kvroute_kv_router::Overlap>) -> Vec<Score> {
@@ -197,7 +200,14 @@ pub struct Crtc {
 impl Crtc {
     pub fn new() -> Self {
         let (tx, rx) = if alloc::is_counting() { flume::bounded(1024) } else { flume::unbounded() };
-        Crtc { be: Arc::new(ConcurrentRadixTreeCompressed::new()), tx, rx: Some(rx), flush: None, lane: None, pending: Vec::new() }
+        Crtc {
+            be: Arc::new(ConcurrentRadixTreeCompressed::new()),
+            tx,
+            rx: Some(rx),
+            flush: None,
+            lane: None,
+            pending: Vec::new(),
+        }
     }
 
     fn send_all(&mut self, events: Vec<dy::RouterEvent>) {

@@ -88,7 +88,13 @@ impl Sets {
     fn new(shape: Shape) -> Self {
         let q = workload::queries(shape);
         let conv = |v: Vec<Vec<LocalBlockHash>>| v.into_iter().map(Query::new).collect();
-        Sets { sets: vec![("full_hit", conv(q.full_hit)), ("prefix_then_miss", conv(q.prefix_then_miss)), ("miss", conv(q.miss))] }
+        Sets {
+            sets: vec![
+                ("full_hit", conv(q.full_hit)),
+                ("prefix_then_miss", conv(q.prefix_then_miss)),
+                ("miss", conv(q.miss)),
+            ],
+        }
     }
 }
 
@@ -231,7 +237,8 @@ fn main() {
 /// Events of the churn: 8 more workers' full sequences (E = 16), then a clear per worker.
 fn churn_events(shape: Shape) -> Vec<RouterEvent> {
     let more = Shape { workers: shape.workers + CHURN_WORKERS, ..shape };
-    let mut events: Vec<RouterEvent> = workload::events(more, FIND_E).into_iter().filter(|e| e.worker_id >= shape.workers).collect();
+    let mut events: Vec<RouterEvent> =
+        workload::events(more, FIND_E).into_iter().filter(|e| e.worker_id >= shape.workers).collect();
     for w in shape.workers..shape.workers + CHURN_WORKERS {
         events.push(RouterEvent::new(Worker::new(w, 0), 0, KvCacheEventData::Cleared));
     }
@@ -240,11 +247,17 @@ fn churn_events(shape: Shape) -> Vec<RouterEvent> {
 
 /// Read throughput of ours and CRTC, idle and under the churn writer; then re-check that both
 /// are back to the same answers.
-fn read_figures(sets: &Sets, ours: Ours, mut crtc: Crtc, mean_radix: &[f64], window: Duration, shape: Shape) -> (Reads, usize) {
+fn read_figures(
+    sets: &Sets,
+    ours: Ours,
+    mut crtc: Crtc,
+    mean_radix: &[f64],
+    window: Duration,
+    shape: Shape,
+) -> (Reads, usize) {
     let full = &sets.sets[0].1;
-    let mixed: Vec<Query> = (0..full.len())
-        .flat_map(|i| sets.sets.iter().map(move |(_, qs)| Query::new(qs[i].ours.clone())))
-        .collect();
+    let mixed: Vec<Query> =
+        (0..full.len()).flat_map(|i| sets.sets.iter().map(move |(_, qs)| Query::new(qs[i].ours.clone()))).collect();
     let readers: [Reader; 2] = [ours.reader().expect("ours is Sync"), crtc.reader().expect("CRTC is Sync")];
     let tput = |r: &Reader, qs: &[Query], threads| measure::read_throughput(r, qs, threads, window, None).0;
     let radix_full = 1e6 / mean_radix[0];
@@ -325,7 +338,15 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "goal met" } else { "GOAL MISSED" }
 }
 
-fn print_tables(a: &Args, per_e: &[PerE], sets: &Sets, lat: &[[Latency; 3]], reads: &Reads, mismatches: usize, others: f64) {
+fn print_tables(
+    a: &Args,
+    per_e: &[PerE],
+    sets: &Sets,
+    lat: &[[Latency; 3]],
+    reads: &Reads,
+    mismatches: usize,
+    others: f64,
+) {
     let s = a.shape;
     println!();
     println!(
@@ -337,7 +358,9 @@ fn print_tables(a: &Args, per_e: &[PerE], sets: &Sets, lat: &[[Latency; 3]], rea
         others
     );
     println!();
-    println!("apply: events/s (warm median; cold first rep in parentheses); ratios: of the medians, and paired (median of the");
+    println!(
+        "apply: events/s (warm median; cold first rep in parentheses); ratios: of the medians, and paired (median of the"
+    );
     println!("per-repetition ratios, each from one machine state: the figure the goal is judged on)");
     println!(
         "{:>4} {:>8} {:>24} {:>24} {:>24} {:>10} {:>10} {:>10}",
@@ -361,19 +384,40 @@ fn print_tables(a: &Args, per_e: &[PerE], sets: &Sets, lat: &[[Latency; 3]], rea
         );
     }
     println!();
-    println!("find_matches on the E={FIND_E} index: microseconds per call, p50 / p99 (mean), {FIND_ROUNDS} rounds x 5 passes x 200 queries");
-    println!("{:>17} {:>22} {:>22} {:>22} {:>14} {:>14}", "set", NAMES[0], NAMES[1], NAMES[2], "ours/CRTC p50", "ours/CRTC p99");
+    println!(
+        "find_matches on the E={FIND_E} index: microseconds per call, p50 / p99 (mean), {FIND_ROUNDS} rounds x 5 passes x 200 queries"
+    );
+    println!(
+        "{:>17} {:>22} {:>22} {:>22} {:>14} {:>14}",
+        "set", NAMES[0], NAMES[1], NAMES[2], "ours/CRTC p50", "ours/CRTC p99"
+    );
     for ((name, _), l) in sets.sets.iter().zip(lat) {
         let cell = |x: &Latency| format!("{:.2} / {:.2} ({:.2})", x.p50_us, x.p99_us, x.mean_us);
         let (r50, r99) = (l[0].p50_us / l[2].p50_us, l[0].p99_us / l[2].p99_us);
         let goal = if *name == "full_hit" { verdict(r50 <= 0.5 && r99 <= 0.5) } else { "" };
-        println!("{:>17} {:>22} {:>22} {:>22} {:>13.3}x {:>13.3}x  {goal}", name, cell(&l[0]), cell(&l[1]), cell(&l[2]), r50, r99);
+        println!(
+            "{:>17} {:>22} {:>22} {:>22} {:>13.3}x {:>13.3}x  {goal}",
+            name,
+            cell(&l[0]),
+            cell(&l[1]),
+            cell(&l[2]),
+            r50,
+            r99
+        );
     }
     println!("  the same without each round's first (cold-cache) pass: p50 / p99");
     for ((name, _), l) in sets.sets.iter().zip(lat) {
         let cell = |x: &Latency| format!("{:.2} / {:.2}", x.warm_p50_us, x.warm_p99_us);
         let (r50, r99) = (l[0].warm_p50_us / l[2].warm_p50_us, l[0].warm_p99_us / l[2].warm_p99_us);
-        println!("{:>17} {:>22} {:>22} {:>22} {:>13.3}x {:>13.3}x", name, cell(&l[0]), cell(&l[1]), cell(&l[2]), r50, r99);
+        println!(
+            "{:>17} {:>22} {:>22} {:>22} {:>13.3}x {:>13.3}x",
+            name,
+            cell(&l[0]),
+            cell(&l[1]),
+            cell(&l[2]),
+            r50,
+            r99
+        );
     }
     println!();
     println!("memory: live heap bytes per stored (block, worker) after applying everything");
@@ -382,7 +426,16 @@ fn print_tables(a: &Args, per_e: &[PerE], sets: &Sets, lat: &[[Latency; 3]], rea
     for r in per_e {
         let b = r.bytes.map(|x| x / pairs);
         let ok = b[0] <= 0.5 * b[1] && b[0] <= 0.5 * b[2];
-        println!("{:>4} {:>10.1} {:>10.1} {:>14.1} {:>10.3}x {:>9.3}x  {}", r.e, b[0], b[1], b[2], b[0] / b[1], b[0] / b[2], verdict(ok));
+        println!(
+            "{:>4} {:>10.1} {:>10.1} {:>14.1} {:>10.3}x {:>9.3}x  {}",
+            r.e,
+            b[0],
+            b[1],
+            b[2],
+            b[0] / b[1],
+            b[0] / b[2],
+            verdict(ok)
+        );
     }
     println!();
     println!("reads/s (RadixTree is !Sync: its 1-thread figure is 1 / mean latency)");
@@ -396,7 +449,10 @@ fn print_tables(a: &Args, per_e: &[PerE], sets: &Sets, lat: &[[Latency; 3]], rea
     println!("{:>34} {:>12.0} {:>12} {:>14.0}", "full_hit, 2 threads + writer", ro, "-", rc);
     println!("{:>34} {:>12.0} {:>12} {:>14.0}", "  writer events/s meanwhile", wo, "-", wc);
     println!("  (ours: this thread applies events while readers query through per-run locks; CRTC: its lane");
-    println!("   applies while readers traverse concurrently. 3+ busy threads on {} cores.)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "   applies while readers traverse concurrently. 3+ busy threads on {} cores.)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!();
     if mismatches == 0 {
         println!("correctness: all three indexes return identical overlaps for every query (and the expected ones)");
