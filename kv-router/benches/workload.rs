@@ -17,7 +17,7 @@ use std::path::Path;
 
 use kvroute_kv_router::{KvIndex, Overlap};
 use kvroute_protocol::events::{EngineBlockHash, KvCacheEventData, KvCacheStoreData, RouterEvent, StoredBlock};
-use kvroute_protocol::hashing::{HashSeed, block_hashes, sequence_hashes};
+use kvroute_protocol::hashing::{block_hashes, sequence_hashes, HashSeed};
 use kvroute_protocol::{LocalBlockHash, Worker};
 
 /// Blocks per synthetic sequence.

@@ -16,8 +16,8 @@ use dynamo_kv_router::indexer::{SyncIndexer, WorkerTask};
 use dynamo_kv_router::protocols as dy;
 use dynamo_kv_router::{ConcurrentRadixTreeCompressed, RadixTree};
 use kvroute_kv_router::KvIndex;
-use kvroute_protocol::LocalBlockHash;
 use kvroute_protocol::events as kv;
+use kvroute_protocol::LocalBlockHash;
 
 use crate::alloc;
 

@@ -335,7 +335,11 @@ fn print_row(r: &PerE, pairs: f64) {
 }
 
 fn verdict(ok: bool) -> &'static str {
-    if ok { "goal met" } else { "GOAL MISSED" }
+    if ok {
+        "goal met"
+    } else {
+        "GOAL MISSED"
+    }
 }
 
 fn print_tables(
