@@ -434,3 +434,23 @@ fn readers_answer_exactly_for_untouched_blocks_while_events_apply() {
     assert_eq!(answer, vec![Overlap { worker: A, blocks: 600 }]);
     assert_eq!(index.distinct_blocks(), 600, "every block of the churn was collected");
 }
+
+#[test]
+fn engine_name_tables_grow_fourfold_while_small_then_double() {
+    // The capacity each time a table must grow, named one at a time as single-block events do.
+    let mut names: HashMap<EngineKey, Slot, FxBuildHasher> = HashMap::default();
+    let mut capacities = Vec::new();
+    for n in 0..50_000u64 {
+        reserve_names(&mut names, 1);
+        if capacities.last() != Some(&names.capacity()) {
+            capacities.push(names.capacity());
+        }
+        names.insert(EngineKey::new(EngineBlockHash(n)), n as Slot);
+    }
+    // hashbrown holds 7/8 of its buckets: 4,096 buckets, ×4 to 16,384, then ×2.
+    assert_eq!(capacities, vec![3_584, 14_336, 28_672, 57_344]);
+    // A large event reserves for all its blocks at once.
+    let mut names: HashMap<EngineKey, Slot, FxBuildHasher> = HashMap::default();
+    reserve_names(&mut names, 20_000);
+    assert!(names.capacity() >= 20_000);
+}
