@@ -1,14 +1,16 @@
 //! `find_matches`: how many consecutive blocks of a request each worker holds.
 //!
 //! Walks one run per branch point. In each run, a slice comparison finds how far the request
-//! follows the run, then one pass over the run's intervals decides, for each worker still
-//! holding every block so far, whether it keeps up to the end of the match or drops out inside.
+//! follows the run, then one pass over the run's intervals raises the overlap of each worker
+//! still holding every block so far. The answer is made in the first run (one entry per worker
+//! holding the first block) and only updated after it, so a worker that stops holding costs
+//! nothing in the runs below.
 //! Each run is read under its own read lock, one run at a time, so an event being applied
 //! elsewhere in the tree does not hold the walk up (see `tree`'s notes on concurrency).
 
 use std::cell::RefCell;
 
-use kvroute_protocol::{LocalBlockHash, Worker};
+use kvroute_protocol::LocalBlockHash;
 use parking_lot::RwLockReadGuard;
 
 use super::tree::{Branch, Run, Runs, Shared, ROOT};
@@ -23,12 +25,13 @@ fn follow<'a>(runs: &'a Runs, branch: Branch) -> Option<RwLockReadGuard<'a, Run>
 /// Buffers a thread reuses from query to query, so that a query allocates only its answer.
 #[derive(Default)]
 struct Scratch {
-    /// Per worker slot: where the walk has seen it, as `base + 2 * hop (+ 1)` (see below).
+    /// Per worker slot: `base + hop` when the worker holds everything up to the end of that
+    /// hop's match and may go on into the next run (see `walk`).
     stamp: Vec<u32>,
     /// Every stamp left by earlier queries is below it.
     base: u32,
-    continuing: Vec<(u32, Worker)>,
-    next: Vec<(u32, Worker)>,
+    /// Per worker slot: where its entry is in the answer.
+    at: Vec<u32>,
 }
 
 thread_local! {
@@ -49,14 +52,16 @@ fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec
     let branch = root.read().branches.get(0, first.0);
     let Some(mut run) = branch.and_then(|b| follow(runs, b)) else { return Vec::new() };
     // Every worker in the answer holds the first block, so it has an interval starting at 0 of
-    // the first run (at most one per worker): that run's interval count bounds the answer.
+    // the first run (at most one per worker): the answer is one entry per such interval, made
+    // in the first run with what the worker holds there, and raised run by run while the
+    // worker keeps holding the whole of each run the request follows. A worker that stops
+    // holding keeps the entry it has. Workers registered after the slot count was read are not
+    // in the answer.
     let mut out = Vec::with_capacity(run.members.len());
-    // stamp[w] == base + 2 * hop: w holds everything up to this hop's end and continues;
-    // stamp[w] == base + 2 * hop + 1: w's overlap has been emitted during this hop. A walk
-    // has at most query.len() + 1 hops, so the next query's base starts above every stamp.
-    // Workers registered after the slot count was read are not in the answer.
-    let Scratch { stamp, base, continuing, next } = scratch;
-    let span = 2 * (query.len() as u32 + 2);
+    let Scratch { stamp, base, at } = scratch;
+    // A walk has at most query.len() + 1 hops, so the next query's base starts above every
+    // stamp this one leaves.
+    let span = query.len() as u32 + 2;
     if base.checked_add(span).is_none() {
         stamp.fill(0);
         *base = 0;
@@ -66,40 +71,40 @@ fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec
     let slots = shared.worker_slots();
     if stamp.len() < slots {
         stamp.resize(slots, 0);
+        at.resize(slots, 0);
     }
-    let stamp = &mut stamp[..slots];
-    // Worker slots with their names (as a run listed them: a slot may be renamed once the
-    // walk has left the run).
-    continuing.clear();
     let mut depth = 0usize;
     let mut hop = 1u32;
     loop {
         let matched = common_prefix(&run.hashes, &query[depth..]);
         let end = depth + matched;
         let more = end < query.len();
-        next.clear();
+        let mut going_on = 0usize;
         for m in &run.members {
-            let Some(mark) = stamp.get_mut(m.worker as usize) else { continue };
-            if m.start != 0 || (hop > 1 && *mark != b + 2 * (hop - 1)) {
+            let w = m.worker as usize;
+            if m.start != 0 || w >= slots {
                 continue;
             }
             let held = (m.end as usize).min(matched);
-            if held == matched && more {
-                *mark = b + 2 * hop;
-                next.push((m.worker, m.name));
+            if hop == 1 {
+                at[w] = out.len() as u32;
+                out.push(Overlap { worker: m.name, blocks: held as u32 });
             } else {
-                *mark = b + 2 * hop + 1;
-                out.push(Overlap { worker: m.name, blocks: (depth + held) as u32 });
+                if stamp[w] != b + hop - 1 {
+                    continue;
+                }
+                let entry = &mut out[at[w] as usize];
+                if entry.worker != m.name {
+                    continue; // the slot was renamed since the walk read the first run
+                }
+                entry.blocks = (depth + held) as u32;
+            }
+            if held == matched && more {
+                stamp[w] = b + hop;
+                going_on += 1;
             }
         }
-        // Workers that held everything before this run but none of it stop at `depth`.
-        for &(w, worker) in continuing.iter() {
-            if stamp[w as usize] < b + 2 * hop {
-                out.push(Overlap { worker, blocks: depth as u32 });
-            }
-        }
-        std::mem::swap(continuing, next);
-        if continuing.is_empty() {
+        if going_on == 0 {
             break;
         }
         let branch = run.branches.get(matched, query[end].0);
@@ -110,12 +115,7 @@ fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec
                 depth = end;
                 hop += 1;
             }
-            None => {
-                for &(_, worker) in continuing.iter() {
-                    out.push(Overlap { worker, blocks: end as u32 });
-                }
-                break;
-            }
+            None => break,
         }
     }
     out
