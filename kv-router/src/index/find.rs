@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use kvroute_protocol::LocalBlockHash;
 use parking_lot::RwLockReadGuard;
 
-use super::tree::{Branch, Run, Runs, Shared, ROOT};
+use super::tree::{Branch, Member, Run, Runs, Shared, ROOT};
 use super::Overlap;
 
 /// Read-lock the run a branch leads to, unless it was freed since the branch was read.
@@ -73,37 +73,18 @@ fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec
         stamp.resize(slots, 0);
         at.resize(slots, 0);
     }
+    let (stamp, at) = (&mut stamp[..slots], &mut at[..slots]);
     let mut depth = 0usize;
     let mut hop = 1u32;
     loop {
         let matched = common_prefix(&run.hashes, &query[depth..]);
         let end = depth + matched;
-        let more = end < query.len();
-        let mut going_on = 0usize;
-        for m in &run.members {
-            let w = m.worker as usize;
-            if m.start != 0 || w >= slots {
-                continue;
-            }
-            let held = (m.end as usize).min(matched);
-            if hop == 1 {
-                at[w] = out.len() as u32;
-                out.push(Overlap { worker: m.name, blocks: held as u32 });
-            } else {
-                if stamp[w] != b + hop - 1 {
-                    continue;
-                }
-                let entry = &mut out[at[w] as usize];
-                if entry.worker != m.name {
-                    continue; // the slot was renamed since the walk read the first run
-                }
-                entry.blocks = (depth + held) as u32;
-            }
-            if held == matched && more {
-                stamp[w] = b + hop;
-                going_on += 1;
-            }
-        }
+        let walk = Hop { depth, matched, more: end < query.len(), mark: b + hop };
+        let going_on = if hop == 1 {
+            walk.enter(&run.members, stamp, at, &mut out)
+        } else {
+            walk.go_on(&run.members, stamp, at, &mut out)
+        };
         if going_on == 0 {
             break;
         }
@@ -119,6 +100,60 @@ fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec
         }
     }
     out
+}
+
+/// One run of the walk: the request follows it for `matched` blocks from `depth`, and goes on
+/// past it if `more`. A worker holding the whole match goes on, stamped `mark`.
+struct Hop {
+    depth: usize,
+    matched: usize,
+    more: bool,
+    mark: u32,
+}
+
+impl Hop {
+    fn holds_on(&self, held: usize) -> bool {
+        held == self.matched && self.more
+    }
+
+    /// The first run: an entry for every worker holding its first block. How many go on.
+    fn enter(&self, members: &[Member], stamp: &mut [u32], at: &mut [u32], out: &mut Vec<Overlap>) -> usize {
+        let (mut going_on, slots) = (0, stamp.len());
+        let holding = members.iter().filter(|m| m.start == 0 && (m.worker as usize) < slots);
+        out.extend(holding.enumerate().map(|(i, m)| {
+            let held = (m.end as usize).min(self.matched);
+            at[m.worker as usize] = i as u32;
+            if self.holds_on(held) {
+                stamp[m.worker as usize] = self.mark;
+                going_on += 1;
+            }
+            Overlap { worker: m.name, blocks: held as u32 }
+        }));
+        going_on
+    }
+
+    /// A later run: raise the entries of the workers that held everything so far (stamped
+    /// `mark - 1`) and hold this run from its start. How many go on.
+    fn go_on(&self, members: &[Member], stamp: &mut [u32], at: &[u32], out: &mut [Overlap]) -> usize {
+        let mut going_on = 0;
+        for m in members {
+            let w = m.worker as usize;
+            if m.start != 0 || stamp.get(w) != Some(&(self.mark - 1)) {
+                continue;
+            }
+            let entry = &mut out[at[w] as usize];
+            if entry.worker != m.name {
+                continue; // the slot was renamed since the walk read the first run
+            }
+            let held = (m.end as usize).min(self.matched);
+            entry.blocks = (self.depth + held) as u32;
+            if self.holds_on(held) {
+                stamp[w] = self.mark;
+                going_on += 1;
+            }
+        }
+        going_on
+    }
 }
 
 /// Length of the common prefix of a run's hashes and the request's remaining hashes.
