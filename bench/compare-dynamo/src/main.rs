@@ -6,7 +6,7 @@
 //   # sharing the machine with another cargo build? keep out of its target-dir lock:
 //   cd bench/compare-dynamo && CARGO_TARGET_DIR=/var/tmp/kvroute-bench-target/compare cargo build --release \
 //     && /var/tmp/kvroute-bench-target/compare/release/compare-dynamo
-//   options: [--reps 5] [--read-ms 300] [--w 64] [--bpw 10240]
+//   options: [--reps 11] [--read-ms 300] [--w 64] [--bpw 10240]
 //   machine drift is large (others_cores in RESULT lines): run it 3 times, compare the ratios.
 // Exit status 1 if the three indexes disagree on any query (or with the workload's known answers).
 // Build ~2 min cold on 2 cores; run ~15 s. Its own [workspace]: the main workspace and CI never
@@ -76,7 +76,7 @@ fn args() -> Args {
     };
     let shape = Shape { workers: opt("--w", 64), blocks_per_worker: opt("--bpw", 10_240) };
     assert!(shape.sequences_per_worker() > 0, "--bpw must be at least {}", workload::SEQ_BLOCKS);
-    Args { reps: opt("--reps", 5) as usize, read: Duration::from_millis(opt("--read-ms", 300)), shape }
+    Args { reps: opt("--reps", 11) as usize, read: Duration::from_millis(opt("--read-ms", 300)), shape }
 }
 
 /// The three query sets, named, in both type systems.
