@@ -9,7 +9,7 @@
 //   options: [--reps 11] [--read-ms 300] [--w 64] [--bpw 10240]
 //   machine drift is large (others_cores in RESULT lines): run it 3 times, compare the ratios.
 // Exit status 1 if the three indexes disagree on any query (or with the workload's known answers).
-// Build ~2 min cold on 2 cores; run ~15 s. Its own [workspace]: the main workspace and CI never
+// Build ~2 min cold on 2 cores; run ~40 s. Its own [workspace]: the main workspace and CI never
 // build it; Cargo.lock was seeded from the Dynamo harness' lock so Dynamo's dependency versions match.
 //
 //! Method (taken from the Dynamo harness, code our own):
