@@ -79,11 +79,11 @@ fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec
     loop {
         let matched = common_prefix(&run.hashes, &query[depth..]);
         let end = depth + matched;
-        let walk = Hop { depth, matched, more: end < query.len(), mark: b + hop };
+        let here = Hop { depth, matched, more: end < query.len(), mark: b + hop };
         let going_on = if hop == 1 {
-            walk.enter(&run.members, stamp, at, &mut out)
+            here.enter(&run.members, stamp, at, &mut out)
         } else {
-            walk.go_on(&run.members, stamp, at, &mut out)
+            here.go_on(&run.members, stamp, at, &mut out)
         };
         if going_on == 0 {
             break;
