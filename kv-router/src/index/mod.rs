@@ -121,7 +121,22 @@ struct WorkerEntry {
     /// Blocks the worker stored under more than one engine hash: extra names per address, so
     /// removing one name keeps the block until the last name goes. Empty for sane engines.
     aliases: FxHashMap<Slot, u32>,
+    /// The last block of the last stored event, by name: the usual parent of the next one (an
+    /// engine stores a sequence's blocks in order). Forgotten when a removal or clear could
+    /// have changed what the name stands for.
+    tail: Option<(EngineBlockHash, Slot)>,
     stats: WorkerEventStats,
+}
+
+impl WorkerEntry {
+    /// The block the worker stored under `name`, looked up in the map only when it is not the
+    /// last one stored.
+    fn parent_slot(&self, name: EngineBlockHash) -> Option<Slot> {
+        match self.tail {
+            Some((last, slot)) if last == name => Some(slot),
+            _ => self.blocks.get(&EngineKey::new(name)).copied(),
+        }
+    }
 }
 
 /// The production index. See the module docs for its layout.
@@ -274,6 +289,7 @@ impl KvIndex {
             worker,
             blocks: HashMap::default(),
             aliases: FxHashMap::default(),
+            tail: None,
             stats: WorkerEventStats::default(),
         };
         let w = match self.free_workers.pop() {
@@ -300,8 +316,8 @@ impl KvIndex {
         let worker = self.entry(w).worker;
         let start = match parent {
             None => self.tree.root_cursor(),
-            Some(p) => match self.entry(w).blocks.get(&EngineKey::new(p)) {
-                Some(&slot) => self.tree.cursor_after(slot),
+            Some(p) => match self.entry(w).parent_slot(p) {
+                Some(slot) => self.tree.cursor_after(slot),
                 None => return Err(IndexError::UnknownParent { worker, parent: p.0 }),
             },
         };
@@ -313,8 +329,10 @@ impl KvIndex {
         let mut tree = self.tree.writer();
         let mut cursor = start;
         let mut span = tree::Span::empty();
+        let mut last = None;
         for (i, b) in blocks.iter().enumerate() {
             let (slot, created) = tree.step(&mut cursor, b.tokens_hash.0, blocks.len() - i);
+            last = Some(slot);
             let previous = entry.blocks.insert(EngineKey::new(b.block_hash), slot);
             if !created && previous != Some(slot) && tree.holds(w, slot) {
                 // A second engine name for a block this worker already holds.
@@ -332,11 +350,13 @@ impl KvIndex {
             }
         }
         tree.add_span(w, worker, &mut span);
+        entry.tail = blocks.last().zip(last).map(|(b, slot)| (b.block_hash, slot));
         Ok(())
     }
 
     fn apply_removed(&mut self, w: u32, hashes: &[EngineBlockHash]) -> Result<(), IndexError> {
         let entry = self.workers[w as usize].as_mut().expect("live worker");
+        entry.tail = None;
         let mut tree = self.tree.writer();
         let mut unknown = 0u32;
         for h in hashes {
@@ -355,6 +375,7 @@ impl KvIndex {
         let entry = self.workers[w as usize].as_mut().expect("live worker");
         let slots: Vec<Slot> = entry.blocks.drain().map(|(_, s)| s).collect();
         entry.aliases.clear();
+        entry.tail = None;
         self.tree.writer().remove_worker_from(w, slots);
     }
 }

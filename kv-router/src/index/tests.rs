@@ -118,6 +118,27 @@ fn unknown_parent_is_counted_and_not_applied() {
 }
 
 #[test]
+fn the_last_stored_block_chains_the_next_event_only_while_it_has_that_name() {
+    let mut index = KvIndex::new();
+    index.apply_event(&stored(A, None, &[(10, 1), (11, 2)])).unwrap();
+    // The usual case: the next event continues from the last block stored.
+    index.apply_event(&stored(A, Some(11), &[(12, 3)])).unwrap();
+    assert_eq!(overlap(&index, &[1, 2, 3], A), 3);
+    // Removed, the name chains nothing, even though it was the last one stored.
+    index.apply_event(&removed(A, &[12])).unwrap();
+    let err = index.apply_event(&stored(A, Some(12), &[(13, 4)])).unwrap_err();
+    assert_eq!(err, IndexError::UnknownParent { worker: A, parent: 12 });
+    // Reused for other content (here a first block), the name chains to its new block.
+    index.apply_event(&stored(A, None, &[(11, 7)])).unwrap();
+    index.apply_event(&stored(A, Some(11), &[(14, 8)])).unwrap();
+    assert_eq!(overlap(&index, &[7, 8], A), 2);
+    // Cleared, nothing chains.
+    index.apply_event(&stored(A, Some(14), &[(15, 9)])).unwrap();
+    index.apply_event(&RouterEvent::new(A, 0, KvCacheEventData::Cleared)).unwrap();
+    assert!(index.apply_event(&stored(A, Some(15), &[(16, 10)])).is_err());
+}
+
+#[test]
 fn unknown_removed_block_is_counted_and_the_rest_applies() {
     let mut index = KvIndex::new();
     index.apply_event(&stored(A, None, &[(10, 1), (11, 2)])).unwrap();
