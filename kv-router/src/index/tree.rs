@@ -23,6 +23,7 @@ use std::sync::Arc;
 use kvroute_protocol::Worker;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::RUN_CAPACITY;
 
@@ -109,7 +110,8 @@ const BRANCH_SCAN_LIMIT: usize = 8;
 /// The branches hanging off one run: a list scanned while short, a map once long.
 #[derive(Default)]
 pub(super) struct Branches {
-    list: Vec<Branch>,
+    /// Most runs have at most one branch: kept inline, a walk reads it with the run.
+    list: SmallVec<[Branch; 1]>,
     /// Keyed by `(hash, pos)`; when present, `list` is empty.
     map: Option<Box<FxHashMap<(u64, u16), Branch>>>,
 }
@@ -139,7 +141,7 @@ impl Branches {
         self.list.push(branch);
         if self.list.len() > BRANCH_SCAN_LIMIT {
             let map = self.list.drain(..).map(|b| ((b.hash, b.pos), b)).collect();
-            self.list = Vec::new();
+            self.list = SmallVec::new();
             self.map = Some(Box::new(map));
         }
     }
@@ -163,8 +165,9 @@ impl Branches {
 pub(super) struct Run {
     /// Local hashes of the blocks, in path order.
     pub hashes: Vec<u64>,
-    /// Disjoint, non-adjacent intervals per worker (merged on insert).
-    pub members: Vec<Member>,
+    /// Disjoint, non-adjacent intervals per worker (merged on insert). Most runs are held by
+    /// one worker: that interval is kept inline, so a walk reads it with the run.
+    pub members: SmallVec<[Member; 1]>,
     /// Runs hanging off this one (any position).
     pub branches: Branches,
     pub parent: u32,
@@ -405,7 +408,7 @@ impl TreeWriter<'_> {
         hashes.push(hash);
         let fresh = |generation| Run {
             hashes,
-            members: Vec::new(),
+            members: SmallVec::new(),
             branches: Branches::default(),
             parent,
             branch_pos: pos as u16,
@@ -464,12 +467,7 @@ impl TreeWriter<'_> {
                 members[j].start = start;
                 members[j].end = end;
             }
-            None => {
-                if members.is_empty() {
-                    members.reserve_exact(1); // most runs are held by one worker
-                }
-                members.push(Member { worker: w, start, end, name })
-            }
+            None => members.push(Member { worker: w, start, end, name }),
         }
         *span = Span::empty();
     }
