@@ -120,15 +120,11 @@ async fn a_gap_that_replay_cannot_fill_clears_the_worker() {
     assert!(resynced.is_some(), "the unfillable gap was counted");
     // The warm-up blocks are gone with the clear; only the block after the gap remains.
     assert!(f.wait_for(1).await, "cleared, then the new block: {}", f.cached_blocks().await);
-    let v: Value = f
-        .client
-        .post(format!("{}/best_worker", f.router))
-        .json(&serde_json::json!({"token_ids": [3, 3, 3, 3]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = support::post_json(
+        &f.client,
+        &format!("{}/best_worker", f.router),
+        &serde_json::json!({"token_ids": [3, 3, 3, 3]}),
+    )
+    .await;
     assert_eq!(v["overlap_blocks"], 1, "{v}");
 }

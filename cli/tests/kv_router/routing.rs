@@ -186,15 +186,8 @@ async fn a_dump_replayed_into_a_fresh_router_gives_the_same_answers() {
     assert_eq!(posted["rejected"], json!([]));
     for p in &prompts {
         let (_, a) = stack.post("/best_worker", json!({"token_ids": p})).await;
-        let b: Value = client
-            .post(format!("{}/best_worker", fresh.router_http()))
-            .json(&json!({"token_ids": p}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let b = support::post_json(&client, &format!("{}/best_worker", fresh.router_http()), &json!({"token_ids": p}))
+            .await;
         assert_eq!((&a["worker_id"], &a["overlap_blocks"]), (&b["worker_id"], &b["overlap_blocks"]));
         assert!(a["overlap_blocks"].as_u64().unwrap() > 0);
     }
