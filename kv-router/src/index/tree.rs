@@ -302,17 +302,12 @@ impl Tree {
     /// The local hashes from the root down to and including the block at `slot`.
     pub fn path_to(&self, at: Slot) -> Vec<u64> {
         let (mut run, off) = split(at);
-        let mut reversed: Vec<u64> = self.read(run).hashes[..=off].iter().rev().copied().collect();
-        loop {
-            let (parent, branch_pos) = {
-                let r = self.read(run);
-                (r.parent, r.branch_pos as usize)
-            };
-            if parent == ROOT {
-                break;
-            }
-            reversed.extend(self.read(parent).hashes[..branch_pos].iter().rev());
-            run = parent;
+        let mut end = off + 1;
+        let mut reversed = Vec::new();
+        while run != ROOT {
+            let r = self.read(run);
+            reversed.extend(r.hashes[..end].iter().rev());
+            (run, end) = (r.parent, r.branch_pos as usize);
         }
         reversed.reverse();
         reversed
