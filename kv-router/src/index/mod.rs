@@ -34,13 +34,13 @@
 //! control byte: 15–30 bytes at the 44–87% load of a doubling table; a worker's table starts
 //! at 53 KB and grows fourfold while under 16,384 buckets, so a small one may sit at 22% load,
 //! at most 213 KB of table in all — see `reserve_names`), plus 8 bytes of local hash per
-//! distinct block shared by all its holders, plus ~120 bytes per run (runs hold up to 256
+//! distinct block shared by all its holders, plus ~120 bytes per run (runs hold up to 512
 //! blocks). On Dynamo's benchmark shape (64 workers × 10,240 blocks) that is ≈ 29 bytes per
 //! (block, worker); see `bench/RESULTS.md` for the measured figure.
 //!
 //! # Limits
 //!
-//! At most 2^24 live runs (≈ 16.7M) and 2^32 worker slots; exceeding the run limit rejects the
+//! At most 2^23 live runs (≈ 8.4M) and 2^32 worker slots; exceeding the run limit rejects the
 //! event with [`IndexError::Full`] and leaves the index unchanged.
 
 mod dump;
@@ -59,8 +59,13 @@ use thiserror::Error;
 
 use tree::{Shared, Slot, Tree, TreeWriter};
 
-/// Longest run (blocks per contiguous path segment). A block address is `run << 8 | offset`.
-pub const RUN_CAPACITY: usize = 256;
+/// Longest run (blocks per contiguous path segment). A block address is `run << 9 | offset`.
+///
+/// 512 blocks (8,192 tokens at block size 16) keep a long prompt's own part in one run: a walk
+/// pays a few dependent cache misses per run it enters (the branch, the run, its hashes), so
+/// fewer runs make cold queries faster (at 256, Dynamo's 8k-token benchmark query crossed two
+/// runs past its shared prefix).
+pub const RUN_CAPACITY: usize = 512;
 
 /// How much of a request's prefix one worker holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

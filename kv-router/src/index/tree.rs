@@ -27,7 +27,7 @@ use smallvec::SmallVec;
 
 use super::RUN_CAPACITY;
 
-/// A block's address: `run << 8 | offset`. Stable for the block's lifetime (runs never split).
+/// A block's address: `run << 9 | offset`. Stable for the block's lifetime (runs never split).
 pub(super) type Slot = u32;
 
 /// The arena: every run ever allocated, each behind its own lock.
@@ -71,7 +71,7 @@ impl Shared {
 
 /// The root pseudo-run: holds no blocks, top-level runs hang off its position 0.
 pub(super) const ROOT: u32 = 0;
-const OFFSET_BITS: u32 = 8;
+const OFFSET_BITS: u32 = 9;
 const MAX_RUNS: usize = 1 << (32 - OFFSET_BITS);
 const _: () = assert!(RUN_CAPACITY == 1 << OFFSET_BITS);
 
