@@ -40,8 +40,28 @@ pub async fn kv_events_stream(url: &str) -> Result<(jetstream::Context, stream::
         discard: stream::DiscardPolicy::Old,
         ..Default::default()
     };
-    let stream = js.get_or_create_stream(config).await?;
+    let stream = js.get_or_create_stream(config).await.map_err(explain_stream_error)?;
     Ok((js, stream))
+}
+
+/// The server's refusal to store the stream, said in words an operator can act on; other
+/// errors as they are.
+fn explain_stream_error(e: jetstream::context::CreateStreamError) -> Error {
+    use jetstream::context::CreateStreamErrorKind;
+    use jetstream::ErrorCode;
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(js)
+            if [ErrorCode::STORAGE_RESOURCES_EXCEEDED, ErrorCode::INSUFFICIENT_RESOURCES]
+                .contains(&js.error_code()) =>
+        {
+            format!(
+                "the NATS server has no room for the KV-event stream ({NATS_KV_EVENTS_MAX_BYTES} bytes): \
+                 is its disk full, or its JetStream max_file_store too small? ({e})"
+            )
+            .into()
+        }
+        _ => e.into(),
+    }
 }
 
 /// The header marking the messages of a snapshot (its value: `1`).
@@ -83,7 +103,7 @@ pub fn spawn_kv_event_publisher(
             match connect_and_purge(&url, &subject).await {
                 Ok(connected) => break connected,
                 Err(e) => {
-                    tracing::warn!(%subject, error = %e, "NATS JetStream not ready for KV events; retrying");
+                    tracing::warn!(%subject, error = %e, "cannot open the NATS JetStream stream for KV events yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     while let Ok(events) = rx.try_recv() {

@@ -207,6 +207,11 @@ pub fn nats_server_with_max_payload(bytes: usize) -> Option<NatsServer> {
     start_nats("-1", Some(&format!("max_payload: {bytes}\n")))
 }
 
+/// [`nats_server`] with more of nats-server's config file (e.g. JetStream limits).
+pub fn nats_server_with_config(config: &str) -> Option<NatsServer> {
+    start_nats("-1", Some(config))
+}
+
 /// A free loopback port (for a server started later on it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -36,7 +36,7 @@ pub async fn run(shared: Arc<Shared>, url: String) {
         match kv_events_stream(&url).await {
             Ok((_, stream)) => break stream,
             Err(e) => {
-                tracing::warn!(error = %e, "KV events: NATS JetStream not reachable yet; retrying");
+                tracing::warn!(error = %e, "KV events: cannot open the NATS JetStream stream yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
