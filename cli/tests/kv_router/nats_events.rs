@@ -228,7 +228,7 @@ fn blocks_of(dump: Value) -> Vec<(Option<u64>, u64, u64)> {
 #[tokio::test]
 async fn a_server_without_room_for_the_stream_says_so() {
     let Some(nats) = support::nats_server_with_config("jetstream { max_file_store: 1MB }\n") else { return };
-    let refused = kvroute_nats::kv_events_stream(&nats.url).await.err().expect("a 1 GiB stream does not fit in 1 MB");
+    let refused = kvroute_nats::kv_events_stream(&nats.url).await.expect_err("a 1 GiB stream does not fit in 1 MB");
     let text = refused.to_string();
     assert!(text.contains("no room for the KV-event stream") && text.contains("disk full"), "{text}");
 }
