@@ -395,12 +395,10 @@ fn print_tables(
         "{:>17} {:>22} {:>22} {:>22} {:>14} {:>14}",
         "set", NAMES[0], NAMES[1], NAMES[2], "ours/CRTC p50", "ours/CRTC p99"
     );
-    for ((name, _), l) in sets.sets.iter().zip(lat) {
-        let cell = |x: &Latency| format!("{:.2} / {:.2} ({:.2})", x.p50_us, x.p99_us, x.mean_us);
-        let (r50, r99) = (l[0].p50_us / l[2].p50_us, l[0].p99_us / l[2].p99_us);
-        let goal = if *name == "full_hit" { verdict(r50 <= 0.5 && r99 <= 0.5) } else { "" };
+    // One row: the three backends' cells, ours / CRTC at p50 and p99, then `tail`.
+    let row = |name: &str, cell: &dyn Fn(&Latency) -> String, l: &[Latency; 3], r50: f64, r99: f64, tail: &str| {
         println!(
-            "{:>17} {:>22} {:>22} {:>22} {:>13.3}x {:>13.3}x  {goal}",
+            "{:>17} {:>22} {:>22} {:>22} {:>13.3}x {:>13.3}x{tail}",
             name,
             cell(&l[0]),
             cell(&l[1]),
@@ -408,20 +406,18 @@ fn print_tables(
             r50,
             r99
         );
+    };
+    for ((name, _), l) in sets.sets.iter().zip(lat) {
+        let cell = |x: &Latency| format!("{:.2} / {:.2} ({:.2})", x.p50_us, x.p99_us, x.mean_us);
+        let (r50, r99) = (l[0].p50_us / l[2].p50_us, l[0].p99_us / l[2].p99_us);
+        let goal = if *name == "full_hit" { format!("  {}", verdict(r50 <= 0.5 && r99 <= 0.5)) } else { "  ".into() };
+        row(name, &cell, l, r50, r99, &goal);
     }
     println!("  the same without each round's first (cold-cache) pass: p50 / p99");
     for ((name, _), l) in sets.sets.iter().zip(lat) {
         let cell = |x: &Latency| format!("{:.2} / {:.2}", x.warm_p50_us, x.warm_p99_us);
         let (r50, r99) = (l[0].warm_p50_us / l[2].warm_p50_us, l[0].warm_p99_us / l[2].warm_p99_us);
-        println!(
-            "{:>17} {:>22} {:>22} {:>22} {:>13.3}x {:>13.3}x",
-            name,
-            cell(&l[0]),
-            cell(&l[1]),
-            cell(&l[2]),
-            r50,
-            r99
-        );
+        row(name, &cell, l, r50, r99, "");
     }
     println!();
     println!("memory: live heap bytes per stored (block, worker) after applying everything");
