@@ -204,7 +204,7 @@ pub fn nats_server() -> Option<NatsServer> {
 
 /// [`nats_server`] accepting messages of at most `bytes` (NATS's default is 1 MB).
 pub fn nats_server_with_max_payload(bytes: usize) -> Option<NatsServer> {
-    start_nats("-1", Some(&format!("max_payload: {bytes}\n")))
+    nats_server_with_config(&format!("max_payload: {bytes}\n"))
 }
 
 /// [`nats_server`] with more of nats-server's config file (e.g. JetStream limits).
