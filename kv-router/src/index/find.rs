@@ -1,7 +1,8 @@
 //! `find_matches`: how many consecutive blocks of a request each worker holds.
 //!
 //! Walks one run per branch point. In each run, a slice comparison finds how far the request
-//! follows the run, then one pass over the run's intervals raises the overlap of each worker
+//! follows the run (or, for a long run the request covers, the run's recorded fingerprint
+//! confirms it follows all of it), then one pass over the run's intervals raises the overlap of each worker
 //! still holding every block so far. The answer is made in the first run (one entry per worker
 //! holding the first block) and only updated after it, so a worker that stops holding costs
 //! nothing in the runs below.
@@ -13,6 +14,7 @@ use std::cell::RefCell;
 use kvroute_protocol::LocalBlockHash;
 use parking_lot::RwLockReadGuard;
 
+use super::fingerprint::{fingerprint, RunHashes};
 use super::tree::{Branch, Member, Run, Runs, Shared, ROOT};
 use super::Overlap;
 
@@ -77,7 +79,7 @@ fn walk(shared: &Shared, query: &[LocalBlockHash], scratch: &mut Scratch) -> Vec
     let mut depth = 0usize;
     let mut hop = 1u32;
     loop {
-        let matched = common_prefix(&run.hashes, &query[depth..]);
+        let matched = follow_run(&run.hashes, &query[depth..]);
         let end = depth + matched;
         let here = Hop { depth, matched, more: end < query.len(), mark: b + hop };
         let going_on = if hop == 1 {
@@ -163,6 +165,33 @@ impl Hop {
             }
         }
         going_on
+    }
+}
+
+/// Shorter runs are compared without a fingerprint: their hashes are a few cache lines,
+/// fetched together, and computing the request's fingerprint costs more than comparing them
+/// once they are in cache (64-block runs: warm queries ≈ 10% slower with it).
+const FINGERPRINT_MIN_BLOCKS: usize = 128;
+
+/// How many blocks of a run the rest of the request follows. A request that reaches the run's
+/// end is checked against the run's fingerprint, when one is recorded, without reading the
+/// run's hashes; the first request found to follow the whole run records it.
+#[inline]
+fn follow_run(run: &RunHashes, rest: &[LocalBlockHash]) -> usize {
+    let len = run.len();
+    let Some(covered) = rest.get(..len).filter(|_| len >= FINGERPRINT_MIN_BLOCKS) else {
+        return common_prefix(run, rest);
+    };
+    match run.fingerprint() {
+        Some(recorded) if fingerprint(covered) == recorded => len,
+        Some(_) => common_prefix(run, rest),
+        None => {
+            let matched = common_prefix(run, rest);
+            if matched == len {
+                run.record_fingerprint(fingerprint(covered));
+            }
+            matched
+        }
     }
 }
 

@@ -17,8 +17,11 @@
 //! (`worker, start, end`), so a run shared by 64 workers costs 64 intervals, not 64 × its length.
 //!
 //! `find_matches` walks one run per branch point: a slice comparison of the request's hashes
-//! against the run, then one pass over the run's intervals. Applying a stored event that extends
-//! a worker's sequence appends to the run in place.
+//! against the run, then one pass over the run's intervals. A run of 128 blocks or more that an
+//! earlier request followed to its end is matched by a 64-bit fingerprint of its hashes instead
+//! of the hashes themselves, so a cold query reads the run's header but not its hashes (see
+//! `fingerprint`: a false match is as likely as two blocks' 64-bit local hashes colliding).
+//! Applying a stored event that extends a worker's sequence appends to the run in place.
 //!
 //! # Reading while events apply
 //!
@@ -34,7 +37,7 @@
 //! control byte: 15–30 bytes at the 44–87% load of a doubling table; a worker's table starts
 //! at 53 KB and grows fourfold while under 16,384 buckets, so a small one may sit at 22% load,
 //! at most 213 KB of table in all — see `reserve_names`), plus 8 bytes of local hash per
-//! distinct block shared by all its holders, plus ~120 bytes per run (runs hold up to 512
+//! distinct block shared by all its holders, plus ~130 bytes per run (runs hold up to 512
 //! blocks). On Dynamo's benchmark shape (64 workers × 10,240 blocks) that is ≈ 29 bytes per
 //! (block, worker); see `bench/RESULTS.md` for the measured figure.
 //!
@@ -45,6 +48,7 @@
 
 mod dump;
 mod find;
+mod fingerprint;
 pub mod reference;
 mod tree;
 

@@ -198,6 +198,29 @@ fn sequences_longer_than_a_run_match_fully() {
 }
 
 #[test]
+fn a_run_followed_whole_is_matched_exactly_after_it_changes() {
+    // A long run is matched by its fingerprint once a query has followed it to its end (see
+    // `fingerprint`); every change to the run must forget it.
+    let mut index = KvIndex::new();
+    let locals: Vec<u64> = (1..=200).collect();
+    let blocks: Vec<(u64, u64)> = locals.iter().map(|&l| (1000 + l, l)).collect();
+    index.apply_event(&stored(A, None, &blocks)).unwrap();
+    assert_eq!(overlap(&index, &locals, A), 200);
+    assert_eq!(overlap(&index, &locals, A), 200);
+    let mut diverging = locals.clone();
+    diverging[150] = 0;
+    assert_eq!(overlap(&index, &diverging, A), 150);
+    // The last block replaced by another: the run has its old length and other content.
+    index.apply_event(&removed(A, &[1200])).unwrap();
+    index.apply_event(&stored(A, Some(1199), &[(5000, 999)])).unwrap();
+    assert_eq!(overlap(&index, &locals, A), 199);
+    let mut replaced = locals.clone();
+    replaced[199] = 999;
+    assert_eq!(overlap(&index, &replaced, A), 200);
+    assert_eq!(overlap(&index, &replaced, A), 200);
+}
+
+#[test]
 fn duplicate_store_is_idempotent() {
     let mut index = KvIndex::new();
     for _ in 0..3 {
@@ -350,6 +373,24 @@ proptest! {
     fn index_answers_like_the_reference(ops in prop::collection::vec(op(), 1..40), queries in queries()) {
         let (index, reference) = apply_both(&ops)?;
         check_same(&index, &reference, &queries)?;
+    }
+
+    #[test]
+    fn answers_stay_exact_while_events_change_runs_queries_have_followed(ops in prop::collection::vec(op(), 1..25)) {
+        // Queried after every event, so fingerprints recorded by one query meet the changes
+        // of the next events.
+        let mut index = KvIndex::new();
+        let mut reference = ReferenceIndex::new();
+        for op in &ops {
+            if let Op::RemoveWorker { worker_id } = op {
+                index.remove_worker(*worker_id);
+                reference.remove_worker(*worker_id);
+            }
+            for ev in events_of(op) {
+                prop_assert_eq!(index.apply_event(&ev), reference.apply_event(&ev), "event {:?}", ev);
+                check_same(&index, &reference, &[])?;
+            }
+        }
     }
 
     #[test]

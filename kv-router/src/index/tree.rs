@@ -25,6 +25,7 @@ use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
+use super::fingerprint::RunHashes;
 use super::RUN_CAPACITY;
 
 /// A block's address: `run << 9 | offset`. Stable for the block's lifetime (runs never split).
@@ -164,7 +165,7 @@ impl Branches {
 #[derive(Default)]
 pub(super) struct Run {
     /// Local hashes of the blocks, in path order.
-    pub hashes: Vec<u64>,
+    pub hashes: RunHashes,
     /// Disjoint, non-adjacent intervals per worker (merged on insert). Most runs are held by
     /// one worker: that interval is kept inline, so a walk reads it with the run.
     pub members: SmallVec<[Member; 1]>,
@@ -399,7 +400,7 @@ impl TreeWriter<'_> {
     }
 
     fn new_run(&mut self, parent: u32, pos: usize, hash: u64, ahead: usize) -> u32 {
-        let mut hashes = Vec::with_capacity(ahead.clamp(1, RUN_CAPACITY));
+        let mut hashes = RunHashes::with_capacity(ahead.clamp(1, RUN_CAPACITY));
         hashes.push(hash);
         let fresh = |generation| Run {
             hashes,
