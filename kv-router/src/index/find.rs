@@ -2,10 +2,10 @@
 //!
 //! Walks one run per branch point. In each run, a slice comparison finds how far the request
 //! follows the run (or, for a long run the request covers, the run's recorded fingerprint
-//! confirms it follows all of it), then one pass over the run's intervals raises the overlap of each worker
-//! still holding every block so far. The answer is made in the first run (one entry per worker
-//! holding the first block) and only updated after it, so a worker that stops holding costs
-//! nothing in the runs below.
+//! confirms it follows all of it), then one pass over the run's intervals raises the overlap of
+//! each worker still holding every block so far. The answer is made in the first run (one entry
+//! per worker holding the first block) and only updated after it, so a worker that stops
+//! holding costs nothing in the runs below.
 //! Each run is read under its own read lock, one run at a time, so an event being applied
 //! elsewhere in the tree does not hold the walk up (see `tree`'s notes on concurrency).
 
