@@ -497,6 +497,94 @@ fn readers_answer_exactly_for_untouched_blocks_while_events_apply() {
     assert_eq!(index.distinct_blocks(), 600, "every block of the churn was collected");
 }
 
+/// Readers query a long run (matched by fingerprint once followed whole) while the writer keeps
+/// replacing its last block with other content. Every answer given while no event was being
+/// applied (checked with a sequence count around the query) is exact for the state the run was
+/// in, so no fingerprint recorded for one content outlives it. The writer waits until each
+/// state has been checked before it applies the next event; readers keep querying while
+/// events apply.
+#[test]
+fn readers_never_match_a_run_by_the_fingerprint_of_its_previous_content() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const LEN: usize = 200;
+    const ROUNDS: u64 = 400;
+    let locals: Vec<u64> = (1..=LEN as u64).collect();
+    let ending = |last: u64| [&locals[..LEN - 1], &[last]].concat();
+    // The last block's content after round r (rounds count from 1; before them, LEN).
+    let content = |round: u64| 900 + round % 3;
+    let endings = [LEN as u64, 900, 901, 902];
+    let mut index = KvIndex::new();
+    let blocks: Vec<(u64, u64)> = locals.iter().map(|&l| (l, l)).collect();
+    index.apply_event(&stored(A, None, &blocks)).unwrap();
+    let queries: Vec<Vec<LocalBlockHash>> = endings.iter().map(|&last| q(&ending(last))).collect();
+    // Twice the number of events applied; odd while one is being applied.
+    let sequence = AtomicU64::new(0);
+    // The latest sequence value a reader checked answers at.
+    let checked_at = AtomicU64::new(u64::MAX);
+    let done = AtomicBool::new(false);
+    let reader = index.reader();
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (reader, queries, sequence, checked_at, done) =
+                    (reader.clone(), &queries, &sequence, &checked_at, &done);
+                s.spawn(move || {
+                    let mut checked = 0u64;
+                    while !done.load(Ordering::Acquire) {
+                        let before = sequence.load(Ordering::Acquire);
+                        let answers: Vec<u32> = queries
+                            .iter()
+                            .map(|query| {
+                                reader.find_matches(query).iter().find(|o| o.worker == A).map_or(0, |o| o.blocks)
+                            })
+                            .collect();
+                        if before % 2 == 1 || sequence.load(Ordering::Acquire) != before {
+                            continue;
+                        }
+                        // Events applied: a removal then a store per round.
+                        let events = before / 2;
+                        let last = match events {
+                            0 => Some(LEN as u64),
+                            n if n % 2 == 1 => None,
+                            n => Some(content(n / 2)),
+                        };
+                        for (query, got) in endings.iter().zip(answers) {
+                            let want = if last == Some(*query) { LEN } else { LEN - 1 };
+                            assert_eq!(got as usize, want, "query ending {query} after {events} events");
+                        }
+                        checked += 1;
+                        checked_at.store(before, Ordering::Release);
+                    }
+                    checked
+                })
+            })
+            .collect();
+        let mut last_name = LEN as u64;
+        for round in 1..=ROUNDS {
+            for event in
+                [removed(A, &[last_name]), stored(A, Some(LEN as u64 - 1), &[(10_000 + round, content(round))])]
+            {
+                let stable = sequence.load(Ordering::Acquire);
+                while checked_at.load(Ordering::Acquire) != stable {
+                    // A reader that stopped has failed: stop waiting, its panic is reported below.
+                    if readers.iter().any(|r| r.is_finished()) {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                sequence.fetch_add(1, Ordering::AcqRel);
+                index.apply_event(&event).unwrap();
+                sequence.fetch_add(1, Ordering::AcqRel);
+            }
+            last_name = 10_000 + round;
+        }
+        done.store(true, Ordering::Release);
+        let checked: u64 = readers.into_iter().map(|r| r.join().expect("reader thread")).sum();
+        assert!(checked >= 2 * ROUNDS, "every state is checked at least once");
+    });
+}
+
 #[test]
 fn engine_name_tables_grow_fourfold_while_small_then_double() {
     // The capacity each time a table must grow, named one at a time as single-block events do.
