@@ -35,7 +35,7 @@
 //!
 //! Per stored (block, worker) pair: one entry in the worker's engine-hash map (12 bytes plus one
 //! control byte: 15–30 bytes at the 44–87% load of a doubling table; a worker's table starts
-//! at 53 KB and grows fourfold while under 16,384 buckets, so a small one may sit at 22% load,
+//! at 13 KB and grows fourfold while under 16,384 buckets, so a small one may sit at 22% load,
 //! at most 213 KB of table in all — see `reserve_names`), plus 8 bytes of local hash per
 //! distinct block shared by all its holders, plus ~130 bytes per run (runs hold up to 512
 //! blocks). On Dynamo's benchmark shape (64 workers × 10,240 blocks) that is ≈ 29 bytes per
@@ -393,12 +393,14 @@ impl KvIndex {
 ///
 /// Growing rehashes every name into fresh memory at random places. With doubling from
 /// hashbrown's smallest table (its own growth) each name is moved ≈ 1.4 times on the way to
-/// 10k names. Here a table starts at 4,096 buckets (53 KB: an engine's cache holds thousands
-/// of blocks) and grows fourfold up to 16,384 buckets (14,336 names, 213 KB): ≈ 0.35 moves per
-/// name. Past that size a table doubles, so the slack this adds is at most that one small
-/// table's worth per worker. Figures in `bench/RESULTS.md`.
+/// 10k names. Here a table starts at 1,024 buckets (13 KB) and grows fourfold up to 16,384
+/// buckets (14,336 names, 213 KB): ≈ 0.44 moves per name. Past that size a table doubles, so
+/// the slack this adds is at most that one small table's worth per worker. Starting at 4,096
+/// buckets moves fewer names (≈ 0.35) but applied events 5–10% slower in alternating
+/// `compare-dynamo` runs: inserting into a small table is cheaper than the moves it saves.
+/// Figures in `bench/RESULTS.md`.
 fn reserve_names(names: &mut HashMap<EngineKey, Slot, FxBuildHasher>, more: usize) {
-    const FIRST: usize = 3_584; // 4,096 buckets at hashbrown's 7/8 load
+    const FIRST: usize = 896; // 1,024 buckets at hashbrown's 7/8 load
     const FOURFOLD_UP_TO: usize = 14_336; // 16,384 buckets
     let len = names.len();
     if len + more > names.capacity() {

@@ -597,8 +597,8 @@ fn engine_name_tables_grow_fourfold_while_small_then_double() {
         }
         names.insert(EngineKey::new(EngineBlockHash(n)), n as Slot);
     }
-    // hashbrown holds 7/8 of its buckets: 4,096 buckets, ×4 to 16,384, then ×2.
-    assert_eq!(capacities, vec![3_584, 14_336, 28_672, 57_344]);
+    // hashbrown holds 7/8 of its buckets: 1,024 buckets, ×4 up to 16,384, then ×2.
+    assert_eq!(capacities, vec![896, 3_584, 14_336, 28_672, 57_344]);
     // A large event reserves for all its blocks at once.
     let mut names: HashMap<EngineKey, Slot, FxBuildHasher> = HashMap::default();
     reserve_names(&mut names, 20_000);
