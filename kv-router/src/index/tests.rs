@@ -350,6 +350,14 @@ fn check_same(index: &KvIndex, reference: &ReferenceIndex, queries: &[Vec<u64>])
 
 /// Apply `ops` to the index and to the reference; every event must get the same result.
 fn apply_both(ops: &[Op]) -> Result<(KvIndex, ReferenceIndex), TestCaseError> {
+    apply_both_checking(ops, |_, _| Ok(()))
+}
+
+/// [`apply_both`], calling `after_each` on both after every event.
+fn apply_both_checking(
+    ops: &[Op],
+    mut after_each: impl FnMut(&KvIndex, &ReferenceIndex) -> Result<(), TestCaseError>,
+) -> Result<(KvIndex, ReferenceIndex), TestCaseError> {
     let mut index = KvIndex::new();
     let mut reference = ReferenceIndex::new();
     for op in ops {
@@ -361,6 +369,7 @@ fn apply_both(ops: &[Op]) -> Result<(KvIndex, ReferenceIndex), TestCaseError> {
             let got = index.apply_event(&ev);
             let want = reference.apply_event(&ev);
             prop_assert_eq!(got, want, "event {:?}", ev);
+            after_each(&index, &reference)?;
         }
     }
     Ok((index, reference))
@@ -379,18 +388,7 @@ proptest! {
     fn answers_stay_exact_while_events_change_runs_queries_have_followed(ops in prop::collection::vec(op(), 1..25)) {
         // Queried after every event, so fingerprints recorded by one query meet the changes
         // of the next events.
-        let mut index = KvIndex::new();
-        let mut reference = ReferenceIndex::new();
-        for op in &ops {
-            if let Op::RemoveWorker { worker_id } = op {
-                index.remove_worker(*worker_id);
-                reference.remove_worker(*worker_id);
-            }
-            for ev in events_of(op) {
-                prop_assert_eq!(index.apply_event(&ev), reference.apply_event(&ev), "event {:?}", ev);
-                check_same(&index, &reference, &[])?;
-            }
-        }
+        apply_both_checking(&ops, |index, reference| check_same(index, reference, &[]))?;
     }
 
     #[test]
