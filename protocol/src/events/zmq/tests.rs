@@ -1,3 +1,6 @@
+//! Tests of the ZMQ msgpack codec: round trips, the hash and payload forms vLLM and SGLang send,
+//! conversion to local hashes, and malformed or truncated input (errors, never panics).
+
 use super::*;
 use crate::hashing::LocalBlockHash;
 use proptest::prelude::*;
