@@ -41,6 +41,11 @@ pub struct KvRouterArgs {
     /// as a multiple of its prefill time. Default: 3.
     #[arg(long, env = "KVROUTE_DUPLICATE_COST")]
     duplicate_cost: Option<f64>,
+    /// predicted_ttft: each worker's KV cache size in blocks (the engines' num_gpu_blocks).
+    /// When given, the duplicate charge is scaled by the share of the worker's cache in use: a
+    /// copy made where there is room pushes nothing out. Default: unknown (the whole charge).
+    #[arg(long, env = "KVROUTE_WORKER_KV_BLOCKS")]
+    worker_kv_blocks: Option<u64>,
     /// Softmax temperature over worker costs; 0 (default) picks the cheapest.
     /// [env: DYN_ROUTER_TEMPERATURE]
     #[arg(long, env = "KVROUTE_ROUTER_TEMPERATURE")]
@@ -122,6 +127,7 @@ pub struct RouterFile {
     pub overlap_score_credit: Option<f64>,
     pub cost_model: Option<CostModel>,
     pub duplicate_cost: Option<f64>,
+    pub worker_kv_blocks: Option<u64>,
     /// predicted_ttft: the engines' step time (default: Dynamo's fit the mocker runs).
     pub step_time: Option<StepTimeModel>,
     #[serde(alias = "block_size")]
@@ -224,6 +230,7 @@ impl KvRouterArgs {
             router_mode: self.router_mode.or(dyn_env(&["DYN_ROUTER_MODE"])?).or(file.router_mode).unwrap_or_default(),
             cost_model: self.cost_model.or(file.cost_model).unwrap_or(defaults.cost_model),
             duplicate_cost: self.duplicate_cost.or(file.duplicate_cost).unwrap_or(defaults.duplicate_cost),
+            worker_kv_blocks: self.worker_kv_blocks.or(file.worker_kv_blocks),
             step_time: file.step_time.unwrap_or(defaults.step_time),
             ..defaults
         };
@@ -314,14 +321,18 @@ mod tests {
         let file = dir.join("router.yaml");
         std::fs::write(
             &file,
-            "workers: [{url: 'http://a:1'}]\nrouter_temperature: 0.5\nblock_size: 32\nhttp_port: 1234\n",
+            "workers: [{url: 'http://a:1'}]\nrouter_temperature: 0.5\nblock_size: 32\nhttp_port: 1234\nworker_kv_blocks: 900\n",
         )
         .unwrap();
         let args = KvRouterArgs { config: Some(file.clone()), kv_cache_block_size: Some(64), ..Default::default() };
         let (config, _) = args.resolve().unwrap();
         assert_eq!(config.router.block_size, 64, "flag wins");
         assert_eq!(config.router.router_temperature, 0.5, "file used when nothing else says");
+        assert_eq!(config.router.worker_kv_blocks, Some(900));
         assert_eq!(config.http_addr.port(), 1234);
+        let args = KvRouterArgs { config: Some(file.clone()), worker_kv_blocks: Some(0), ..Default::default() };
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("worker_kv_blocks must be > 0"), "{err}");
         std::fs::write(&file, "workers: [{url: 'http://a:1'}]\nrouter_temprature: 0.5\n").unwrap();
         let err = format!("{:#}", KvRouterArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err());
         assert!(err.contains("router_temprature"), "{err}");

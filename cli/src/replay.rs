@@ -53,7 +53,7 @@ pub struct ReplayArgs {
     /// Tokens per KV block (engines and router).
     #[arg(long, default_value_t = 64)]
     block_size: usize,
-    /// KV cache per worker, in blocks.
+    /// KV cache per worker, in blocks; the router is told it (as `kv-router --worker-kv-blocks`).
     #[arg(long, default_value_t = 16384)]
     num_gpu_blocks: usize,
     /// Replay only the first N requests.
@@ -114,6 +114,7 @@ fn config_for(args: &ReplayArgs) -> ReplayConfig {
     let mut config = ReplayConfig::dynamo_defaults(args.workers, args.router_mode);
     config.engine.block_size = args.block_size;
     config.engine.num_gpu_blocks = args.num_gpu_blocks;
+    config.router.worker_kv_blocks = Some(args.num_gpu_blocks as u64);
     config.router.block_size = args.block_size as u32;
     config.router.cost_model = args.cost_model;
     config.router.duplicate_cost = args.duplicate_cost;

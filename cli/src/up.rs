@@ -257,6 +257,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             overlap_score_credit: pool.router.overlap_score_credit.unwrap_or(d.overlap_score_credit),
             cost_model: pool.router.cost_model.unwrap_or(d.cost_model),
             duplicate_cost: pool.router.duplicate_cost.unwrap_or(d.duplicate_cost),
+            worker_kv_blocks: Some(engine.num_gpu_blocks as u64),
             ..d
         };
         let mut routers = Vec::new();

@@ -8,7 +8,9 @@
 //! `--records DIR` also writes each setting's per-request records to `DIR/SETTING.jsonl` (what
 //! `bench/replay/burst_bound.py` reads).
 //! A SETTING is `WORKERS:ttft:DUPLICATE_COST:DELAY_WEIGHT:SEED` (the `predicted_ttft` cost) or
-//! `WORKERS:blocks:WEIGHT:CREDIT:SEED` (Dynamo's), e.g. `8:ttft:3:1:0 8:blocks:128:3:0`.
+//! `WORKERS:blocks:WEIGHT:CREDIT:SEED` (Dynamo's), e.g. `8:ttft:3:1:0 8:blocks:128:3:0`; a
+//! sixth field `unknown` keeps the engines' cache size from the router (`worker_kv_blocks`),
+//! e.g. `8:ttft:3:1:0:unknown`.
 
 // The example reports its own run time; the library never reads a clock.
 #![allow(clippy::disallowed_methods)]
@@ -33,8 +35,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     for spec in specs {
         let fields: Vec<&str> = spec.split(':').collect();
-        let [workers, model, a, b, seed] = fields[..] else {
-            return Err(format!("{spec}: expected WORKERS:MODEL:A:B:SEED").into());
+        let usage = || format!("{spec}: expected WORKERS:MODEL:A:B:SEED[:unknown]");
+        let cache_size_unknown = match fields.get(5..) {
+            None | Some([]) => false,
+            Some(["unknown"]) => true,
+            Some(_) => return Err(usage().into()),
+        };
+        let [workers, model, a, b, seed] = fields[..fields.len().min(5)] else {
+            return Err(usage().into());
         };
         let mut config = ReplayConfig::dynamo_defaults(workers.parse()?, RouterMode::Kv);
         config.router.cost_model = model.parse()?;
@@ -46,6 +54,9 @@ fn main() -> Result<(), Box<dyn Error>> {
             config.router.overlap_score_credit = b.parse()?;
         }
         config.seed = seed.parse()?;
+        if cache_size_unknown {
+            config.router.worker_kv_blocks = None;
+        }
         let started = std::time::Instant::now();
         let outcome = run(&config, &requests)?;
         if let Some(dir) = &records_dir {

@@ -70,13 +70,14 @@ pub struct PoolSplit {
 impl ReplayConfig {
     /// `workers` engines with Dynamo's mocker defaults (block 64, 16,384 blocks, 256 sequences,
     /// 8,192 batched tokens) behind a router at Dynamo's defaults (scale 1, credit 1,
-    /// temperature 0) in `mode`.
+    /// temperature 0) in `mode`, told the engines' cache size as `kvroute up` tells it.
     pub fn dynamo_defaults(workers: usize, mode: kvroute_kv_router::select::RouterMode) -> Self {
         let engine = EngineConfig::default();
         let router = KvRouterConfig {
             block_size: engine.block_size as u32,
             router_mode: mode,
             cost_model: kvroute_kv_router::select::CostModel::Blocks,
+            worker_kv_blocks: Some(engine.num_gpu_blocks as u64),
             ..KvRouterConfig::default()
         };
         ReplayConfig { workers, engine, router, seed: 0, pools: None, router_replicas: 1, replica_sync: true }

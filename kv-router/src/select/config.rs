@@ -142,6 +142,11 @@ pub struct KvRouterConfig {
     /// With `predicted_ttft`: weight of the delay the request inflicts on requests already
     /// waiting for their first token on the worker (0: purely greedy).
     pub delay_weight: f64,
+    /// With `predicted_ttft`: each worker's KV cache size in blocks (the engines'
+    /// `num_gpu_blocks`), when known. The duplicate charge is then scaled by the share of the
+    /// worker's cache in use: a copy made where there is room pushes nothing out. `None`: the
+    /// whole charge everywhere.
+    pub worker_kv_blocks: Option<u64>,
 }
 
 impl Default for KvRouterConfig {
@@ -157,6 +162,7 @@ impl Default for KvRouterConfig {
             step_time: StepTimeModel::default(),
             duplicate_cost: 3.0,
             delay_weight: 1.0,
+            worker_kv_blocks: None,
         }
     }
 }
@@ -182,6 +188,8 @@ pub struct RouterConfigOverride {
 pub enum ConfigError {
     #[error("block_size must be > 0")]
     BlockSize,
+    #[error("worker_kv_blocks must be > 0 when given")]
+    WorkerKvBlocks,
     #[error("{field} must be a finite number >= 0, got {value}")]
     OutOfRange { field: &'static str, value: f64 },
 }
@@ -204,6 +212,9 @@ impl KvRouterConfig {
         non_negative("router_temperature", self.router_temperature)?;
         non_negative("duplicate_cost", self.duplicate_cost)?;
         non_negative("delay_weight", self.delay_weight)?;
+        if self.worker_kv_blocks == Some(0) {
+            return Err(ConfigError::WorkerKvBlocks);
+        }
         self.step_time.validate()
     }
 

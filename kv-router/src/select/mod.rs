@@ -8,7 +8,9 @@
 //!   prefill's events arrive) — plus the delay the request would add to the
 //!   requests already waiting there (an engine batches prefills into a pass and all of them see
 //!   their first token at its end), plus a charge for recomputing blocks another worker holds
-//!   (`duplicate_cost` × their prefill time: a duplicate takes cache from other prefixes).
+//!   (`duplicate_cost` × their prefill time: a duplicate takes cache from other prefixes),
+//!   scaled by the share of the worker's cache in use when its size is known
+//!   (`worker_kv_blocks`): a copy made where there is room pushes nothing out.
 //!   Replays of the Mooncake trace chose the weights; see `bench/RESULTS.md`.
 //! - **`blocks`** (Dynamo's):
 //!   `cost(w) = overlap_score_weight * max(0, (active_prefill_tokens(w) + isl) / block_size
@@ -119,13 +121,24 @@ pub fn delay_inflicted_ms(c: &Candidate, isl_tokens: u64, config: &KvRouterConfi
 }
 
 /// The `predicted_ttft` cost in milliseconds: [`predicted_ttft_ms`], plus `delay_weight` ×
-/// [`delay_inflicted_ms`], plus `duplicate_cost` × the prefill time of every token of the best
-/// cached prefix among the candidates (`best_overlap` blocks) that `c` lacks.
+/// [`delay_inflicted_ms`], plus `duplicate_cost` × [`cache_pressure`] × the prefill time of
+/// every token of the best cached prefix among the candidates (`best_overlap` blocks) that `c`
+/// lacks.
 pub fn predicted_ttft_cost(c: &Candidate, isl_tokens: u64, best_overlap: u32, config: &KvRouterConfig) -> f64 {
     let duplicate_tokens = u64::from(best_overlap.saturating_sub(c.expected_overlap())) * u64::from(config.block_size);
     predicted_ttft_ms(c, isl_tokens, config)
         + config.delay_weight * delay_inflicted_ms(c, isl_tokens, config)
-        + config.duplicate_cost * config.step_time.per_token_ms * duplicate_tokens as f64
+        + config.duplicate_cost * cache_pressure(c, config) * config.step_time.per_token_ms * duplicate_tokens as f64
+}
+
+/// The share of the duplicate charge that applies on `c`: the fraction of its KV cache in use
+/// when the cache size is known (`worker_kv_blocks`; a copy made where there is room pushes
+/// nothing out), else 1.
+pub fn cache_pressure(c: &Candidate, config: &KvRouterConfig) -> f64 {
+    match config.worker_kv_blocks {
+        Some(capacity) => (c.cached_blocks as f64 / capacity.max(1) as f64).min(1.0),
+        None => 1.0,
+    }
 }
 
 /// Every candidate's cost under `config.cost_model`, in candidate order.
@@ -322,6 +335,30 @@ mod tests {
         assert_eq!(choose(&[a, b], 2000, &config, rng).unwrap().0, 0, "but A keeps the prefix");
         let greedy = KvRouterConfig { duplicate_cost: 0.0, ..config };
         assert_eq!(choose(&[a, b], 2000, &greedy, rng).unwrap().0, 1);
+    }
+
+    #[test]
+    fn the_duplicate_charge_scales_with_how_full_the_worker_cache_is() {
+        let sized = KvRouterConfig { block_size: 64, worker_kv_blocks: Some(1000), ..KvRouterConfig::default() };
+        // As in the test above: A holds the prefix behind a short queue, B is idle but lacks it.
+        let a =
+            Candidate { overlap_blocks: 20, active_prefill_tokens: 2000, active_requests: 1, ..candidate(1, 0, 0, 0) };
+        let b_with = |cached_blocks| Candidate { cached_blocks, ..candidate(2, 0, 0, 0) };
+        let charge = |b: &Candidate, config: &KvRouterConfig| {
+            predicted_ttft_cost(b, 2000, 20, config) - predicted_ttft_ms(b, 2000, config)
+        };
+        let whole = charge(&b_with(0), &KvRouterConfig { worker_kv_blocks: None, ..sized.clone() });
+        assert!(whole > 0.0);
+        assert_eq!(charge(&b_with(0), &sized), 0.0, "an empty cache loses nothing to a copy");
+        assert!(close(charge(&b_with(250), &sized), whole / 4.0));
+        assert!(close(charge(&b_with(1000), &sized), whole));
+        assert!(close(charge(&b_with(5000), &sized), whole), "no more than the whole charge");
+        // So the prefix stays on A only while B's cache is full enough for a copy to cost.
+        let rng = &mut SmallRng::seed_from_u64(0);
+        assert_eq!(choose(&[a, b_with(0)], 2000, &sized, rng).unwrap().0, 1);
+        assert_eq!(choose(&[a, b_with(1000)], 2000, &sized, rng).unwrap().0, 0);
+        // A cache size of 0 is refused rather than read as "always full".
+        assert_eq!(KvRouterConfig { worker_kv_blocks: Some(0), ..sized }.validate(), Err(ConfigError::WorkerKvBlocks));
     }
 
     #[test]
