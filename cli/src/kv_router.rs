@@ -41,9 +41,11 @@ pub struct KvRouterArgs {
     /// as a multiple of its prefill time. Default: 3.
     #[arg(long, env = "KVROUTE_DUPLICATE_COST")]
     duplicate_cost: Option<f64>,
-    /// predicted_ttft: each worker's KV cache size in blocks (the engines' num_gpu_blocks).
-    /// When given, the duplicate charge is scaled by the share of the worker's cache in use: a
-    /// copy made where there is room pushes nothing out. Default: unknown (the whole charge).
+    /// predicted_ttft: each worker's KV cache size in blocks (the engines' num_gpu_blocks). The
+    /// duplicate charge is scaled by the share of a worker's cache in use, since a copy made
+    /// where there is room pushes nothing out. Default: read from each worker's /metrics
+    /// (vllm:cache_config_info, as vLLM and the mocker state it); where it says nothing, the
+    /// whole charge.
     #[arg(long, env = "KVROUTE_WORKER_KV_BLOCKS")]
     worker_kv_blocks: Option<u64>,
     /// Softmax temperature over worker costs; 0 (default) picks the cheapest.

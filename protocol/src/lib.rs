@@ -8,6 +8,7 @@
 //!   LoRA / cache-salt seeds);
 //! - [`worker`]: the identity of a worker, `(worker_id, dp_rank)`;
 //! - [`openai`]: the OpenAI request view (prompt, messages, sampling fields) and error body;
+//! - [`engine_metrics`]: what a router reads from an engine's `/metrics` (its KV cache size);
 //! - [`events`]: KV cache events in Dynamo's JSON form and the decoder/encoder for the
 //!   vLLM/SGLang ZMQ msgpack wire form;
 //! - [`step_time`]: Dynamo's fit of an engine's step time, which the mocker runs on and the
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod engine_metrics;
 pub mod events;
 pub mod hashing;
 pub mod openai;

@@ -85,6 +85,29 @@ pub fn long_prompt(salt: u32) -> Vec<u32> {
     (0..1024).map(|i| (i * 31 + salt * 7919) % 4000 + 3).collect()
 }
 
+/// A router told no cache size reads each worker's from its metrics (`vllm:cache_config_info`,
+/// as vLLM states it); a configured size wins.
+#[tokio::test]
+async fn the_router_reads_each_worker_cache_size_from_its_metrics_unless_configured() {
+    let mocker = support::mocker(&["--block-size", "16", "--num-gpu-blocks", "500"]);
+    let client = reqwest::Client::new();
+    let metrics = client.get(format!("{}/metrics", mocker.http())).send().await.unwrap().text().await.unwrap();
+    let gauge = metrics.lines().find(|l| l.starts_with("vllm:cache_config_info{")).unwrap_or_default();
+    assert!(gauge.contains(r#"block_size="16""#) && gauge.contains(r#"num_gpu_blocks="500""#), "{metrics}");
+    let stated_size = |router: &Process| {
+        let (client, url) = (client.clone(), format!("{}/workers", router.router_http()));
+        async move {
+            let w: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            w["workers"][0]["kv_cache_blocks"].as_u64()
+        }
+    };
+    let reading = support::kv_router(&[&mocker], &["--block-size", "16"]);
+    let read = support::eventually(Duration::from_secs(10), || stated_size(&reading)).await;
+    assert_eq!(read, Some(500), "the router never read the worker's cache size");
+    let configured = support::kv_router(&[&mocker], &["--block-size", "16", "--worker-kv-blocks", "64"]);
+    assert_eq!(stated_size(&configured).await, Some(64));
+}
+
 #[tokio::test]
 async fn a_repeated_prompt_goes_to_the_worker_that_cached_it() {
     let stack = Stack::new(2, &[]);

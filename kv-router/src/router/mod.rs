@@ -194,6 +194,9 @@ pub struct KvRouter<R = SmallRng, I = KvIndex> {
     turn: usize,
     /// Changes to the tracked requests not yet taken by the caller (None: not sharing).
     outbox: Option<Vec<LoadUpdate>>,
+    /// KV cache blocks per rank that workers stated (their metrics), by worker id; the
+    /// configured `worker_kv_blocks` takes precedence.
+    stated_kv_blocks: FxHashMap<u64, u64>,
 }
 
 impl KvRouter<SmallRng> {
@@ -237,7 +240,30 @@ impl<R: Rng> KvRouter<R> {
 impl<R: Rng, I: CacheView> KvRouter<R, I> {
     pub fn with_rng_and_view(config: KvRouterConfig, rng: R, index: I) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(KvRouter { config, index, active: ActiveSequences::new(), workers: Vec::new(), rng, turn: 0, outbox: None })
+        Ok(KvRouter {
+            config,
+            index,
+            active: ActiveSequences::new(),
+            workers: Vec::new(),
+            rng,
+            turn: 0,
+            outbox: None,
+            stated_kv_blocks: FxHashMap::default(),
+        })
+    }
+
+    /// Record the KV cache size (blocks per rank) worker `worker_id` states, e.g. in its
+    /// metrics; used unless `worker_kv_blocks` is configured. 0 is ignored.
+    pub fn set_worker_kv_blocks(&mut self, worker_id: u64, blocks: u64) {
+        if blocks > 0 {
+            self.stated_kv_blocks.insert(worker_id, blocks);
+        }
+    }
+
+    /// The KV cache size (blocks per rank) the router uses for `worker_id`: configured, or
+    /// stated by the worker; `None` when unknown.
+    pub fn worker_kv_blocks(&self, worker_id: u64) -> Option<u64> {
+        self.config.worker_kv_blocks.or_else(|| self.stated_kv_blocks.get(&worker_id).copied())
     }
 
     pub fn config(&self) -> &KvRouterConfig {
@@ -328,6 +354,7 @@ impl<R: Rng, I: CacheView> KvRouter<R, I> {
                     overlap_blocks: overlaps.get(&worker).copied().unwrap_or(0),
                     in_flight_prefix_blocks: (request.blocks() as usize - new_blocks) as u32,
                     cached_blocks,
+                    kv_capacity_blocks: self.worker_kv_blocks(worker.worker_id),
                     active_prefill_tokens: load.active_prefill_tokens,
                     potential_decode_blocks: new_blocks as u64 + load.active_blocks,
                     active_requests: load.active_requests,

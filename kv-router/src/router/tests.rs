@@ -410,3 +410,25 @@ fn a_replica_that_joins_late_learns_the_requests_in_flight_from_a_resend() {
     quiet.announce_tracked();
     assert!(quiet.take_load_updates().is_empty());
 }
+
+/// A worker's stated cache size reaches selection; a configured size wins over it.
+#[test]
+fn stated_cache_sizes_reach_the_candidates_unless_one_is_configured() {
+    let mut r = router();
+    let req = BlockedRequest::from_tokens(&prompt(16, 1), BS, HashSeed::default());
+    let sizes = |r: &KvRouter| r.candidates(&req).iter().map(|c| c.kv_capacity_blocks).collect::<Vec<_>>();
+    assert_eq!(sizes(&r), vec![None, None]);
+    r.set_worker_kv_blocks(B.worker_id, 500);
+    r.set_worker_kv_blocks(A.worker_id, 0); // ignored
+    assert_eq!(sizes(&r), vec![None, Some(500)]);
+    assert_eq!(r.worker_kv_blocks(B.worker_id), Some(500));
+    let mut configured = KvRouter::with_seed(
+        KvRouterConfig { block_size: BS, worker_kv_blocks: Some(64), ..KvRouterConfig::default() },
+        42,
+    )
+    .unwrap();
+    configured.add_worker(A);
+    configured.add_worker(B);
+    configured.set_worker_kv_blocks(B.worker_id, 500);
+    assert_eq!(sizes(&configured), vec![Some(64), Some(64)]);
+}

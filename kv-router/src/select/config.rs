@@ -143,9 +143,9 @@ pub struct KvRouterConfig {
     /// waiting for their first token on the worker (0: purely greedy).
     pub delay_weight: f64,
     /// With `predicted_ttft`: each worker's KV cache size in blocks (the engines'
-    /// `num_gpu_blocks`), when known. The duplicate charge is then scaled by the share of the
-    /// worker's cache in use: a copy made where there is room pushes nothing out. `None`: the
-    /// whole charge everywhere.
+    /// `num_gpu_blocks`). The duplicate charge is scaled by the share of the worker's cache in
+    /// use: a copy made where there is room pushes nothing out. `None`: whatever size a worker
+    /// states (the service reads its metrics), else the whole charge.
     pub worker_kv_blocks: Option<u64>,
 }
 

@@ -10,7 +10,7 @@
 //!   their first token at its end), plus a charge for recomputing blocks another worker holds
 //!   (`duplicate_cost` × their prefill time: a duplicate takes cache from other prefixes),
 //!   scaled by the share of the worker's cache in use when its size is known
-//!   (`worker_kv_blocks`): a copy made where there is room pushes nothing out.
+//!   ([`Candidate::kv_capacity_blocks`]): a copy made where there is room pushes nothing out.
 //!   Replays of the Mooncake trace chose the weights; see `bench/RESULTS.md`.
 //! - **`blocks`** (Dynamo's):
 //!   `cost(w) = overlap_score_weight * max(0, (active_prefill_tokens(w) + isl) / block_size
@@ -43,6 +43,9 @@ pub struct Candidate {
     pub in_flight_prefix_blocks: u32,
     /// Blocks the worker has cached in all (its tree size).
     pub cached_blocks: u64,
+    /// The worker's KV cache size in blocks, when the router knows it (configured as
+    /// `worker_kv_blocks`, or stated in the worker's metrics).
+    pub kv_capacity_blocks: Option<u64>,
     /// Prefill tokens of requests already routed to it and still in prefill.
     pub active_prefill_tokens: u64,
     /// `new blocks of this request on it + its active blocks`.
@@ -128,14 +131,13 @@ pub fn predicted_ttft_cost(c: &Candidate, isl_tokens: u64, best_overlap: u32, co
     let duplicate_tokens = u64::from(best_overlap.saturating_sub(c.expected_overlap())) * u64::from(config.block_size);
     predicted_ttft_ms(c, isl_tokens, config)
         + config.delay_weight * delay_inflicted_ms(c, isl_tokens, config)
-        + config.duplicate_cost * cache_pressure(c, config) * config.step_time.per_token_ms * duplicate_tokens as f64
+        + config.duplicate_cost * cache_pressure(c) * config.step_time.per_token_ms * duplicate_tokens as f64
 }
 
 /// The share of the duplicate charge that applies on `c`: the fraction of its KV cache in use
-/// when the cache size is known (`worker_kv_blocks`; a copy made where there is room pushes
-/// nothing out), else 1.
-pub fn cache_pressure(c: &Candidate, config: &KvRouterConfig) -> f64 {
-    match config.worker_kv_blocks {
+/// when the cache size is known (a copy made where there is room pushes nothing out), else 1.
+pub fn cache_pressure(c: &Candidate) -> f64 {
+    match c.kv_capacity_blocks {
         Some(capacity) => (c.cached_blocks as f64 / capacity.max(1) as f64).min(1.0),
         None => 1.0,
     }
@@ -222,6 +224,7 @@ mod tests {
             overlap_blocks: overlap,
             in_flight_prefix_blocks: 0,
             cached_blocks: 0,
+            kv_capacity_blocks: None,
             active_prefill_tokens: 0,
             potential_decode_blocks: request_blocks + active_blocks,
             active_requests: 0,
@@ -339,26 +342,29 @@ mod tests {
 
     #[test]
     fn the_duplicate_charge_scales_with_how_full_the_worker_cache_is() {
-        let sized = KvRouterConfig { block_size: 64, worker_kv_blocks: Some(1000), ..KvRouterConfig::default() };
+        let config = KvRouterConfig { block_size: 64, ..KvRouterConfig::default() };
         // As in the test above: A holds the prefix behind a short queue, B is idle but lacks it.
         let a =
             Candidate { overlap_blocks: 20, active_prefill_tokens: 2000, active_requests: 1, ..candidate(1, 0, 0, 0) };
-        let b_with = |cached_blocks| Candidate { cached_blocks, ..candidate(2, 0, 0, 0) };
-        let charge = |b: &Candidate, config: &KvRouterConfig| {
-            predicted_ttft_cost(b, 2000, 20, config) - predicted_ttft_ms(b, 2000, config)
+        let b_with = |cached_blocks, kv_capacity_blocks| Candidate {
+            cached_blocks,
+            kv_capacity_blocks,
+            ..candidate(2, 0, 0, 0)
         };
-        let whole = charge(&b_with(0), &KvRouterConfig { worker_kv_blocks: None, ..sized.clone() });
-        assert!(whole > 0.0);
-        assert_eq!(charge(&b_with(0), &sized), 0.0, "an empty cache loses nothing to a copy");
-        assert!(close(charge(&b_with(250), &sized), whole / 4.0));
-        assert!(close(charge(&b_with(1000), &sized), whole));
-        assert!(close(charge(&b_with(5000), &sized), whole), "no more than the whole charge");
+        let charge = |b: &Candidate| predicted_ttft_cost(b, 2000, 20, &config) - predicted_ttft_ms(b, 2000, &config);
+        let whole = charge(&b_with(0, None));
+        assert!(whole > 0.0, "size unknown: the whole charge");
+        assert_eq!(charge(&b_with(0, Some(1000))), 0.0, "an empty cache loses nothing to a copy");
+        assert!(close(charge(&b_with(250, Some(1000))), whole / 4.0));
+        assert!(close(charge(&b_with(1000, Some(1000))), whole));
+        assert!(close(charge(&b_with(5000, Some(1000))), whole), "no more than the whole charge");
         // So the prefix stays on A only while B's cache is full enough for a copy to cost.
         let rng = &mut SmallRng::seed_from_u64(0);
-        assert_eq!(choose(&[a, b_with(0)], 2000, &sized, rng).unwrap().0, 1);
-        assert_eq!(choose(&[a, b_with(1000)], 2000, &sized, rng).unwrap().0, 0);
-        // A cache size of 0 is refused rather than read as "always full".
-        assert_eq!(KvRouterConfig { worker_kv_blocks: Some(0), ..sized }.validate(), Err(ConfigError::WorkerKvBlocks));
+        assert_eq!(choose(&[a, b_with(0, Some(1000))], 2000, &config, rng).unwrap().0, 1);
+        assert_eq!(choose(&[a, b_with(1000, Some(1000))], 2000, &config, rng).unwrap().0, 0);
+        // A configured cache size of 0 is refused rather than read as "always full".
+        let zero = KvRouterConfig { worker_kv_blocks: Some(0), ..config };
+        assert_eq!(zero.validate(), Err(ConfigError::WorkerKvBlocks));
     }
 
     #[test]

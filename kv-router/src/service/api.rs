@@ -323,6 +323,7 @@ pub async fn workers(State(shared): State<Arc<Shared>>) -> Response {
                 "worker_id": w.worker_id,
                 "url": w.spec.url,
                 "healthy": w.healthy.load(Ordering::Relaxed),
+                "kv_cache_blocks": router.worker_kv_blocks(w.worker_id),
                 "kv_events": w.spec.kv_events,
                 "ranks": ranks,
             })

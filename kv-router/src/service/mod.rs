@@ -12,7 +12,8 @@
 //! - `events`: one ZMQ subscriber per worker rank, with gap detection and replay;
 //! - `nats_events`: or the same events from NATS JetStream, replayed from the stream;
 //! - [`relay`]: `kvroute kv-relay`, a worker's ZMQ events onto NATS JetStream;
-//! - `health`: periodic health checks that take failing workers out and put them back;
+//! - `health`: periodic health checks that take failing workers out and put them back, and
+//!   read each worker's KV cache size from its metrics when it is not configured;
 //! - `replica_sync`: the other replicas of the router group, over NATS (when configured);
 //! - `metrics`: Prometheus metrics.
 #![allow(clippy::disallowed_methods)] // the I/O edge may read clocks
@@ -75,6 +76,8 @@ pub(crate) struct WorkerRuntime {
     pub healthy: AtomicBool,
     /// Bumped when the worker comes back, so its event subscribers reconnect.
     pub reconnect: watch::Sender<u64>,
+    /// Whether its metrics were read for its KV cache size since it (last) came up.
+    pub cache_size_asked: AtomicBool,
 }
 
 impl WorkerRuntime {
@@ -146,6 +149,7 @@ impl Shared {
                 self.index().add_worker(worker);
             }
             w.reconnect.send_modify(|g| *g += 1);
+            w.cache_size_asked.store(false, Ordering::SeqCst);
             self.metrics.worker_healthy.with_label_values(&[&w.worker_id.to_string()]).set(1.0);
         }
     }
@@ -246,6 +250,7 @@ pub async fn start(config: ServiceConfig, tokenizer: Arc<Tokenizer>) -> Result<R
                 spec: spec.clone(),
                 healthy: AtomicBool::new(true),
                 reconnect,
+                cache_size_asked: AtomicBool::new(false),
             }
         })
         .collect();

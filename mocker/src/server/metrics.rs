@@ -1,5 +1,7 @@
 //! Prometheus metrics with vLLM's names, labelled by `model_name` and `engine` (the dp rank).
 //! Gauges are read from the ranks' latest stats at scrape time; counters count requests.
+//! `vllm:cache_config_info` states the cache's shape in its labels (`block_size`,
+//! `num_gpu_blocks`), as vLLM does: routers read the cache size from it.
 
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
@@ -13,6 +15,8 @@ pub struct Metrics {
     prefix_hit_rate: GaugeVec,
     prefix_queries: GaugeVec,
     prefix_hits: GaugeVec,
+    cache_config: GaugeVec,
+    block_size: usize,
     pub requests: CounterVec,
     pub prompt_tokens: CounterVec,
     pub generation_tokens: CounterVec,
@@ -32,9 +36,17 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Coun
 }
 
 impl Metrics {
-    pub fn new(model: &str) -> Self {
+    pub fn new(model: &str, block_size: usize) -> Self {
         let registry = Registry::new();
+        let cache_config = GaugeVec::new(
+            Opts::new("vllm:cache_config_info", "The KV cache's configuration, in the labels (value 1)."),
+            &["model_name", "engine", "block_size", "num_gpu_blocks", "enable_prefix_caching"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(cache_config.clone())).expect("metric registered once");
         Metrics {
+            cache_config,
+            block_size,
             running: gauge(&registry, "vllm:num_requests_running", "Requests in the running batch."),
             waiting: gauge(&registry, "vllm:num_requests_waiting", "Requests waiting to be admitted."),
             kv_usage: gauge(&registry, "vllm:kv_cache_usage_perc", "Fraction of KV blocks in use (1 = full)."),
@@ -90,6 +102,8 @@ impl Metrics {
             self.prefix_hit_rate.with_label_values(&labels).set(rate);
             self.prefix_queries.with_label_values(&labels).set(s.prefix_queries_tokens as f64);
             self.prefix_hits.with_label_values(&labels).set(s.prefix_hits_tokens as f64);
+            let (block_size, blocks) = (self.block_size.to_string(), s.kv_capacity_blocks.to_string());
+            self.cache_config.with_label_values(&[labels[0], labels[1], &block_size, &blocks, "True"]).set(1.0);
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

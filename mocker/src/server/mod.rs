@@ -176,7 +176,7 @@ pub async fn start(config: ServerConfig, tokenizer: Arc<Tokenizer>) -> Result<Ru
     let http_addr = listener.local_addr().map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let state = Arc::new(AppState {
         outstanding: (0..ranks.len()).map(|_| AtomicUsize::new(0)).collect(),
-        metrics: Metrics::new(&config.model_name),
+        metrics: Metrics::new(&config.model_name, config.engine.block_size),
         config,
         output_ids: tokenizer.printable_ids().into(),
         tokenizer,
