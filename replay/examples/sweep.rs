@@ -6,7 +6,8 @@
 //!     --example sweep -- TRACE [--records DIR] SETTING...
 //! ```
 //! `--records DIR` also writes each setting's per-request records to `DIR/SETTING.jsonl` (what
-//! `bench/replay/burst_bound.py` reads).
+//! `bench/replay/burst_bound.py` reads). `--late N@SECONDS`: the last N workers join at that
+//! time of the trace, with empty caches (scaling out).
 //! A SETTING is `WORKERS:ttft:DUPLICATE_COST:DELAY_WEIGHT:SEED` (the `predicted_ttft` cost) or
 //! `WORKERS:blocks:WEIGHT:CREDIT:SEED` (Dynamo's), e.g. `8:ttft:3:1:0 8:blocks:128:3:0`; a
 //! sixth field `unknown` keeps the engines' cache size from the router (`worker_kv_blocks`),
@@ -18,17 +19,22 @@
 use std::error::Error;
 
 use kvroute_kv_router::select::{CostModel, RouterMode};
-use kvroute_replay::{run, trace, ReplayConfig, Summary, TraceOptions};
+use kvroute_replay::{run, trace, LateWorkers, ReplayConfig, Summary, TraceOptions};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
     let path = args.next().ok_or("usage: sweep TRACE SETTING...")?;
     let requests = trace::load(path.as_ref(), &TraceOptions::default())?;
     let mut records_dir = None;
+    let mut late_workers = None;
     let mut specs = Vec::new();
     while let Some(arg) = args.next() {
         if arg == "--records" {
             records_dir = Some(std::path::PathBuf::from(args.next().ok_or("--records needs a folder")?));
+        } else if arg == "--late" {
+            let value = args.next().ok_or("--late needs N@SECONDS")?;
+            let (count, seconds) = value.split_once('@').ok_or("--late needs N@SECONDS")?;
+            late_workers = Some(LateWorkers { count: count.parse()?, at_ms: seconds.parse::<f64>()? * 1000.0 });
         } else {
             specs.push(arg);
         }
@@ -54,6 +60,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             config.router.overlap_score_credit = b.parse()?;
         }
         config.seed = seed.parse()?;
+        config.late_workers = late_workers;
         if cache_size_unknown {
             config.router.worker_kv_blocks = None;
         }

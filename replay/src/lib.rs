@@ -43,6 +43,6 @@ pub mod trace;
 
 pub use floor::{ttft_floor, FloorCache, FloorError, FloorRecord, TtftFloor};
 pub use plot::{bars_svg, ttft_cdf_svg, PlotError, Series};
-pub use sim::{run, PoolSplit, ReplayConfig, ReplayError, ReplayOutcome, RequestRecord, SimStats};
+pub use sim::{run, LateWorkers, PoolSplit, ReplayConfig, ReplayError, ReplayOutcome, RequestRecord, SimStats};
 pub use summary::{Latency, Summary};
 pub use trace::{ReplayRequest, TraceError, TraceOptions, TraceRecord};

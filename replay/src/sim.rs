@@ -57,6 +57,16 @@ pub struct ReplayConfig {
     /// Whether a pool's replicas share their load (replica sync, without delay); without it
     /// each counts only the requests it routed.
     pub replica_sync: bool,
+    /// Workers that join while the trace runs (scaling out); `None`: all are there from the start.
+    pub late_workers: Option<LateWorkers>,
+}
+
+/// The last `count` workers (of the last pool) join the routers at the first arrival at or
+/// after `at_ms`, with empty caches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LateWorkers {
+    pub count: usize,
+    pub at_ms: f64,
 }
 
 /// Workers in pools: `sizes` (summing to the worker count), named `pool-0`, `pool-1`, …, and
@@ -80,7 +90,16 @@ impl ReplayConfig {
             worker_kv_blocks: Some(engine.num_gpu_blocks as u64),
             ..KvRouterConfig::default()
         };
-        ReplayConfig { workers, engine, router, seed: 0, pools: None, router_replicas: 1, replica_sync: true }
+        ReplayConfig {
+            workers,
+            engine,
+            router,
+            seed: 0,
+            pools: None,
+            router_replicas: 1,
+            replica_sync: true,
+            late_workers: None,
+        }
     }
 }
 
@@ -105,6 +124,8 @@ pub enum ReplayError {
     Stuck { worker: usize },
     #[error("pool sizes {sizes:?} must be non-empty and sum to the {workers} workers")]
     PoolSizes { sizes: Vec<usize>, workers: usize },
+    #[error("{count} late workers: the last pool ({pool_size} workers) must keep one from the start")]
+    LateWorkers { count: usize, pool_size: usize },
     #[error("pool selection config: {0}")]
     PoolConfig(#[from] PoolConfigError),
     #[error("choosing a pool for request {request}: {source}")]
@@ -222,6 +243,8 @@ struct Simulation {
     router_block_size: u32,
     seed: u64,
     stats: SimStats,
+    /// Workers still to join the routers, and when.
+    late: Option<(f64, std::ops::Range<usize>)>,
 }
 
 impl Simulation {
@@ -247,6 +270,16 @@ impl Simulation {
         if config.router_replicas == 0 {
             return Err(ReplayError::NoReplicas);
         }
+        let late = match config.late_workers {
+            Some(LateWorkers { count, at_ms }) if count > 0 => {
+                let pool_size = *sizes.last().expect("sizes checked non-empty");
+                if count >= pool_size {
+                    return Err(ReplayError::LateWorkers { count, pool_size });
+                }
+                Some((at_ms, config.workers - count..config.workers))
+            }
+            _ => None,
+        };
         let mut groups = (0..sizes.len())
             .map(|p| {
                 let replicas = (0..config.router_replicas)
@@ -272,7 +305,8 @@ impl Simulation {
         };
         let workers = (0..config.workers)
             .map(|w| {
-                for router in &mut groups[pool_of[w]].replicas {
+                let joins_late = late.as_ref().is_some_and(|(_, range)| range.contains(&w));
+                for router in groups[pool_of[w]].replicas.iter_mut().filter(|_| !joins_late) {
                     router.add_worker(worker_of(w));
                 }
                 WorkerState { engine: Engine::new(config.engine.clone()), busy: None, next_event_id: 0 }
@@ -288,6 +322,7 @@ impl Simulation {
             router_block_size: config.router.block_size,
             seed: config.seed,
             stats: SimStats::default(),
+            late,
         })
     }
 
@@ -313,7 +348,10 @@ impl Simulation {
                     self.complete(w, now, pass, &mut records)?;
                 }
             }
-            // 2. Requests arriving now.
+            // 2. Requests arriving now (late workers joining first when it is their time).
+            if order.get(next).is_some_and(|&i| requests[i].arrival_ms <= now) {
+                self.join_late_workers(now);
+            }
             while let Some(&i) = order.get(next) {
                 if requests[i].arrival_ms > now {
                     break;
@@ -352,6 +390,16 @@ impl Simulation {
         }
         let records = records.into_iter().map(|r| r.expect("every request arrived")).collect();
         Ok(ReplayOutcome { records, stats: self.stats })
+    }
+
+    /// Make the late workers selectable once `now` reaches their time.
+    fn join_late_workers(&mut self, now: f64) {
+        let Some((_, range)) = self.late.take_if(|(at_ms, _)| now >= *at_ms) else { return };
+        for w in range {
+            for router in &mut self.groups[self.pool_of[w]].replicas {
+                router.add_worker(worker_of(w));
+            }
+        }
     }
 
     /// A pass ended: its KV events reach the router, then its tokens count.

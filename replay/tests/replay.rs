@@ -2,12 +2,14 @@
 //! trace errors. Timings come from Dynamo's model: `prefill_ms(t)` for a pass computing `t` new
 //! prompt tokens, plus `decode_ms(Σ len of decoders / capacity)` when something decodes.
 
-use kvroute_kv_router::select::RouterMode;
+use kvroute_kv_router::select::{CostModel, RouterMode};
 use kvroute_kv_router::KvRouterConfig;
 use kvroute_mocker::timing::{decode_ms, prefill_ms};
 use kvroute_protocol::{block_hashes, HashSeed};
 use kvroute_replay::trace::{expand, parse_records};
-use kvroute_replay::{run, PoolSplit, ReplayConfig, ReplayOutcome, Summary, TraceError, TraceOptions, TraceRecord};
+use kvroute_replay::{
+    run, LateWorkers, PoolSplit, ReplayConfig, ReplayOutcome, Summary, TraceError, TraceOptions, TraceRecord,
+};
 
 const CAPACITY_TOKENS: f64 = (16384 * 64) as f64;
 
@@ -250,6 +252,26 @@ fn pool_sizes_must_cover_the_workers() {
     };
     let err = run(&config, &requests).unwrap_err();
     assert!(err.to_string().contains("sum to the 4 workers"), "{err}");
+}
+
+#[test]
+fn late_workers_take_requests_only_once_they_join() {
+    // Four simultaneous new conversations before the join, four after; two workers, one late.
+    let records: Vec<TraceRecord> = (0..8u64)
+        .map(|c| rec(if c < 4 { 0 } else { 10_000 }, 2048, 2, &[c * 10, c * 10 + 1, c * 10 + 2, c * 10 + 3]))
+        .collect();
+    let requests = expand(&records, &TraceOptions::default()).unwrap();
+    let config = ReplayConfig {
+        router: KvRouterConfig { block_size: 64, cost_model: CostModel::PredictedTtft, ..KvRouterConfig::default() },
+        late_workers: Some(LateWorkers { count: 1, at_ms: 5_000.0 }),
+        ..ReplayConfig::dynamo_defaults(2, RouterMode::Kv)
+    };
+    let workers: Vec<usize> = run(&config, &requests).unwrap().records.iter().map(|r| r.worker).collect();
+    assert_eq!(workers[..4], [0; 4], "before the join only worker 0 exists");
+    assert!(workers[4..].contains(&1), "after it the idle newcomer takes a share: {workers:?}");
+    let all_late = ReplayConfig { late_workers: Some(LateWorkers { count: 2, at_ms: 0.0 }), ..config };
+    let err = run(&all_late, &requests).unwrap_err();
+    assert!(err.to_string().contains("must keep one from the start"), "{err}");
 }
 
 #[test]
