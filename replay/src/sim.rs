@@ -211,6 +211,13 @@ struct RouterGroup {
 }
 
 impl RouterGroup {
+    /// Make `worker` selectable on every replica.
+    fn add_worker(&mut self, worker: Worker) {
+        for router in &mut self.replicas {
+            router.add_worker(worker);
+        }
+    }
+
     /// Hand what replica `r` just changed to the others (replica sync without delay).
     fn share(&mut self, r: usize) {
         if !self.sync || self.replicas.len() == 1 {
@@ -305,9 +312,8 @@ impl Simulation {
         };
         let workers = (0..config.workers)
             .map(|w| {
-                let joins_late = late.as_ref().is_some_and(|(_, range)| range.contains(&w));
-                for router in groups[pool_of[w]].replicas.iter_mut().filter(|_| !joins_late) {
-                    router.add_worker(worker_of(w));
+                if !late.as_ref().is_some_and(|(_, range)| range.contains(&w)) {
+                    groups[pool_of[w]].add_worker(worker_of(w));
                 }
                 WorkerState { engine: Engine::new(config.engine.clone()), busy: None, next_event_id: 0 }
             })
@@ -396,9 +402,7 @@ impl Simulation {
     fn join_late_workers(&mut self, now: f64) {
         let Some((_, range)) = self.late.take_if(|(at_ms, _)| now >= *at_ms) else { return };
         for w in range {
-            for router in &mut self.groups[self.pool_of[w]].replicas {
-                router.add_worker(worker_of(w));
-            }
+            self.groups[self.pool_of[w]].add_worker(worker_of(w));
         }
     }
 
