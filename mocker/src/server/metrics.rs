@@ -23,8 +23,13 @@ pub struct Metrics {
     model: String,
 }
 
+/// A per-rank gauge (labels `model_name`, `engine`).
 fn gauge(registry: &Registry, name: &str, help: &str) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), &["model_name", "engine"]).expect("valid metric definition");
+    labelled_gauge(registry, name, help, &["model_name", "engine"])
+}
+
+fn labelled_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     registry.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
@@ -38,14 +43,13 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Coun
 impl Metrics {
     pub fn new(model: &str, block_size: usize) -> Self {
         let registry = Registry::new();
-        let cache_config = GaugeVec::new(
-            Opts::new("vllm:cache_config_info", "The KV cache's configuration, in the labels (value 1)."),
-            &["model_name", "engine", "block_size", "num_gpu_blocks", "enable_prefix_caching"],
-        )
-        .expect("valid metric definition");
-        registry.register(Box::new(cache_config.clone())).expect("metric registered once");
         Metrics {
-            cache_config,
+            cache_config: labelled_gauge(
+                &registry,
+                "vllm:cache_config_info",
+                "The KV cache's configuration, in the labels (value 1).",
+                &["model_name", "engine", "block_size", "num_gpu_blocks", "enable_prefix_caching"],
+            ),
             block_size,
             running: gauge(&registry, "vllm:num_requests_running", "Requests in the running batch."),
             waiting: gauge(&registry, "vllm:num_requests_waiting", "Requests waiting to be admitted."),
