@@ -278,9 +278,11 @@ impl<R: Rng, I: CacheView> KvRouter<R, I> {
         }
     }
 
-    /// Take every rank of a worker out: not selectable, its cache and load forgotten.
+    /// Take every rank of a worker out: not selectable, its cache, load and stated cache size
+    /// forgotten (a worker that comes back may have been restarted with another size).
     pub fn remove_worker(&mut self, worker_id: u64) {
         self.workers.retain(|w| w.worker_id != worker_id);
+        self.stated_kv_blocks.remove(&worker_id);
         self.index.worker_removed(worker_id);
         for request_id in self.active.remove_worker(worker_id) {
             self.record(|| LoadUpdate::Freed { request_id });

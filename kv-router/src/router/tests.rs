@@ -422,6 +422,10 @@ fn stated_cache_sizes_reach_the_candidates_unless_one_is_configured() {
     r.set_worker_kv_blocks(A.worker_id, 0); // ignored
     assert_eq!(sizes(&r), vec![None, Some(500)]);
     assert_eq!(r.worker_kv_blocks(B.worker_id), Some(500));
+    r.remove_worker(B.worker_id);
+    assert_eq!(r.worker_kv_blocks(B.worker_id), None, "a worker that left is asked again when it returns");
+    r.add_worker(B);
+    r.set_worker_kv_blocks(B.worker_id, 500);
     let mut configured = KvRouter::with_seed(
         KvRouterConfig { block_size: BS, worker_kv_blocks: Some(64), ..KvRouterConfig::default() },
         42,
